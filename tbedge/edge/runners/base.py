@@ -1,0 +1,77 @@
+"""The one Runner protocol every inference backend implements.
+
+A runner holds a loaded model (a resource), so it is a context manager: ``activate`` on enter,
+``deactivate`` on exit. ``infer`` takes and returns plain dicts of numpy arrays keyed by the
+model's tensor names; nothing backend-specific leaks out. Modelled on Polygraphy's runners.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple  # None or a string for dynamic dimensions
+    dtype: str  # numpy dtype name
+
+
+class Runner:
+    """Base class: subclasses implement ``_activate``, ``_deactivate`` and ``_infer``."""
+
+    backend = "base"
+
+    def __init__(self, name: str = ""):
+        self.name = name
+        self.is_active = False
+        self.last_inference_ms: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def activate(self) -> None:
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+        return False
+
+    # -- inference -------------------------------------------------------------------------
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name!r} is not active (use it as a context manager)")
+        missing = {s.name for s in self.inputs()} - set(feed)
+        if missing:
+            raise KeyError(f"runner {self.name!r} missing inputs: {sorted(missing)}")
+        t0 = time.perf_counter()
+        out = self._infer(feed)
+        self.last_inference_ms = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def inputs(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def outputs(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def _activate(self) -> None:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        raise NotImplementedError
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError

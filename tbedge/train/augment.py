@@ -1,0 +1,52 @@
+"""Radiograph-appropriate augmentation in numpy/OpenCV (shared by the lung and TB trainers).
+
+Geometry: small rotations, shifts and scales (no left-right flip: the heart is on the left).
+Photometry: brightness/contrast, gamma, tone curves, blur, noise, JPEG artefacts. Each is
+applied with its own probability from a seeded Generator, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def random_affine(rng: np.random.Generator, size: tuple[int, int], rot: float = 7.0,
+                  shift: float = 0.06, scale: tuple[float, float] = (0.9, 1.1)) -> np.ndarray:
+    h, w = size
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-rot, rot), rng.uniform(*scale))
+    m[0, 2] += rng.uniform(-shift, shift) * w
+    m[1, 2] += rng.uniform(-shift, shift) * h
+    return m
+
+
+def warp(img: np.ndarray, m: np.ndarray, interp=cv2.INTER_LINEAR) -> np.ndarray:
+    h, w = img.shape[:2]
+    return cv2.warpAffine(img, m, (w, h), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def photometric(rng: np.random.Generator, img: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """img float32 [0, 1] -> augmented float32 [0, 1]."""
+    x = img
+    if rng.random() < 0.8:  # contrast / brightness
+        c = 1 + rng.uniform(-0.25, 0.25) * strength
+        b = rng.uniform(-0.1, 0.1) * strength
+        x = (x - 0.5) * c + 0.5 + b
+    x = np.clip(x, 0, 1)
+    if rng.random() < 0.6:  # gamma
+        x = x ** np.exp(rng.uniform(-0.4, 0.4) * strength)
+    if rng.random() < 0.4:  # tone curve: a random monotone 4-knot curve
+        knots = np.sort(rng.uniform(0, 1, 3))
+        ys = np.concatenate([[0], np.sort(np.clip(knots + rng.normal(0, 0.08 * strength, 3), 0, 1)), [1]])
+        x = np.interp(x, np.concatenate([[0], knots, [1]]), ys).astype(np.float32)
+    if rng.random() < 0.3:  # blur
+        s = rng.uniform(0.3, 1.2) * strength
+        x = cv2.GaussianBlur(x, (0, 0), s)
+    if rng.random() < 0.3:  # noise
+        x = x + rng.normal(0, rng.uniform(0.005, 0.03) * strength, x.shape).astype(np.float32)
+    if rng.random() < 0.2:  # JPEG artefacts
+        q = int(rng.integers(30, 90))
+        ok, enc = cv2.imencode(".jpg", (np.clip(x, 0, 1) * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, q])
+        if ok:
+            x = cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+    return np.clip(x, 0, 1).astype(np.float32)

@@ -1,0 +1,122 @@
+"""Train the lung segmentation model on the real masks (``tbedge train lungs``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..datasets import NATIVE_TEST_STEMS, Sample, discover, split
+from ..edge import lungs as L
+from ..edge.imaging import load_image
+from .augment import photometric, random_affine, warp
+
+
+def lung_parts(data: Path, exclude_site: str | None = None, seed: int = 0) -> dict[str, list[Sample]]:
+    """Masked samples per part of the global split; CHNCXR_0001-0020 never train.
+
+    With ``exclude_site`` the site leaves train/val entirely and all its masks form ``cross``.
+    """
+    samples = [s for s in discover(data) if s.mask is not None]
+    # Split over ALL samples so lung and classifier parts agree patient by patient.
+    parts = split(discover(data), seed=seed)
+    keep = {s.path for s in samples}
+    out = {k: [s for s in v if s.path in keep] for k, v in parts.items()}
+    out["train"] = [s for s in out["train"] + out["calib"] if s.stem not in NATIVE_TEST_STEMS]
+    out["val"] = [s for s in out["val"] if s.stem not in NATIVE_TEST_STEMS]
+    out["native"] = [s for s in samples if s.stem in NATIVE_TEST_STEMS]
+    if exclude_site:
+        out["cross"] = [s for s in samples if s.site == exclude_site]
+        for k in ("train", "val", "test"):
+            out[k] = [s for s in out[k] if s.site != exclude_site]
+    return out
+
+
+def load_pairs(samples: list[Sample], size: int) -> tuple[np.ndarray, np.ndarray]:
+    xs = np.zeros((len(samples), size, size), np.uint8)
+    ys = np.zeros((len(samples), size, size), np.uint8)
+    for i, s in enumerate(samples):
+        xs[i] = np.round(L.preprocess(load_image(s.path).pixels, size)[..., 0] * 255).astype(np.uint8)
+        m = cv2.imread(str(s.mask), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+        ys[i] = cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) > 127
+    return xs, ys
+
+
+def predict_heat(model, xs: np.ndarray, batch: int = 16) -> np.ndarray:
+    x = xs.astype(np.float32)[..., None] / 255.0
+    return model.predict(x, batch_size=batch, verbose=0)[..., 0]
+
+
+def dice_scores(heat: np.ndarray, ys: np.ndarray, cleaned: bool = True) -> np.ndarray:
+    return np.array([L.dice(L.clean(h) if cleaned else h >= 0.5, y) for h, y in zip(heat, ys, strict=True)])
+
+
+def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: int = L.LUNG_INPUT,
+                base: int = 16, seed: int = 0, exclude_site: str | None = None, patience: int = 6,
+                log=print) -> dict:
+    import keras
+
+    from .loop import run_epochs
+    from .unet import build_unet
+
+    keras.utils.set_random_seed(seed)
+    parts = lung_parts(data, exclude_site, seed)
+    log(f"lungs: train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
+        + (f", cross ({exclude_site}) {len(parts['cross'])}" if exclude_site else ""))
+    xtr, ytr = load_pairs(parts["train"], size)
+    xva, yva = load_pairs(parts["val"], size)
+
+    model = build_unet(size, base)
+
+    def loss(y, p):
+        bce = keras.losses.binary_crossentropy(y, p)
+        inter = keras.ops.sum(y * p, axis=(1, 2, 3))
+        d = 1 - (2 * inter + 1) / (keras.ops.sum(y, axis=(1, 2, 3)) + keras.ops.sum(p, axis=(1, 2, 3)) + 1)
+        return keras.ops.mean(bce, axis=(1, 2)) + d
+
+    steps = int(np.ceil(len(xtr) / batch))
+    sched = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps * epochs, alpha=0.05)
+    model.compile(keras.optimizers.Adam(sched), loss=loss)
+
+    def batches(epoch):
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(xtr))
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            bx = np.zeros((len(idx), size, size, 1), np.float32)
+            by = np.zeros_like(bx)
+            for j, k in enumerate(idx):
+                m = random_affine(rng, (size, size))
+                bx[j, ..., 0] = photometric(rng, warp(xtr[k].astype(np.float32) / 255.0, m))
+                by[j, ..., 0] = warp(ytr[k].astype(np.float32), m) > 0.5
+            yield bx, by
+
+    def evaluate(m):
+        return {"val_dice": float(dice_scores(predict_heat(m, xva), yva, cleaned=False).mean())}
+
+    state = run_epochs(model, out, epochs, batches, steps, evaluate, "val_dice", patience, log)
+    (out / "config.json").write_text(json.dumps({"size": size, "base": base, "seed": seed, "epochs": epochs,
+                                                 "batch": batch, "exclude_site": exclude_site}, indent=1))
+    return state
+
+
+def evaluate_lungs(model, data: Path, exclude_site: str | None = None, seed: int = 0) -> dict:
+    """Dice/IoU of the cleaned mask per part and site, and on native-resolution masks."""
+    parts = lung_parts(data, exclude_site, seed)
+    size = model.input_shape[1]
+    res: dict = {}
+    for part in ("val", "test", "cross"):
+        if part not in parts:
+            continue
+        xs, ys = load_pairs(parts[part], size)
+        heat = predict_heat(model, xs)
+        cl = [L.clean(h) for h in heat]
+        d = np.array([L.dice(c, y) for c, y in zip(cl, ys, strict=True)])
+        j = np.array([L.iou(c, y) for c, y in zip(cl, ys, strict=True)])
+        sites = np.array([s.site for s in parts[part]])
+        res[part] = {site: {"n": int((sites == site).sum()), "dice_mean": float(d[sites == site].mean()),
+                            "dice_median": float(np.median(d[sites == site])),
+                            "iou_mean": float(j[sites == site].mean())} for site in sorted(set(sites))}
+    return res

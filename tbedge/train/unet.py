@@ -1,0 +1,32 @@
+"""Small U-Net for lung segmentation. Normalises its own input (per-image layer norm in the graph)."""
+
+from __future__ import annotations
+
+
+def build_unet(size: int = 256, base: int = 16, depth: int = 4, name: str = "tbedge_lungs"):
+    import keras
+    from keras import layers
+
+    def block(x, f):
+        for _ in range(2):
+            x = layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization(momentum=0.9)(x)
+            x = layers.Activation("relu")(x)
+        return x
+
+    inp = keras.Input((size, size, 1), name="image")
+    # Per-image standardisation inside the graph: every backend gets it and sites with other
+    # exposure levels look alike to the network.
+    x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-3, name="norm")(inp)
+    skips = []
+    for d in range(depth):
+        x = block(x, base * 2**d)
+        skips.append(x)
+        x = layers.MaxPooling2D()(x)
+    x = block(x, base * 2**depth)
+    for d in reversed(range(depth)):
+        x = layers.Conv2DTranspose(base * 2**d, 2, strides=2, padding="same")(x)
+        x = layers.Concatenate()([x, skips[d]])
+        x = block(x, base * 2**d)
+    out = layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
+    return keras.Model(inp, out, name=name)

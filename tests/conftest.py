@@ -1,0 +1,45 @@
+"""Shared fixtures. With CI=true, missing ../shared/data or TensorFlow FAILS a test instead of
+skipping it; only GPU/TensorRT tests may skip (each with its reason)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("TBEDGE_DATA", REPO.parent / "shared" / "data"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _missing(reason: str):
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required, not skipped)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA / "shenzhen_montgomery_512").is_dir():
+        _missing(f"real chest X-ray data not found at {DATA}")
+    return DATA
+
+
+def require_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        _missing(f"{name} is not installed (pip install -e '.[build]')")
+
+
+@pytest.fixture(scope="session")
+def tf_keras():
+    require_module("tensorflow")
+    return require_module("keras")
+
+
+@pytest.fixture
+def sm_images(data_root) -> Path:
+    return data_root / "shenzhen_montgomery_512" / "images"

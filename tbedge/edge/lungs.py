@@ -22,7 +22,7 @@ FALLBACK_FRACTION = 0.80  # fallback crop: the central 80 % x 80 % of the image
 QA_AREA_RANGE = (0.06, 0.65)
 QA_MIN_BOX = (0.30, 0.25)  # width, height as fractions of the image
 QA_CENTRE_RANGE = (0.25, 0.75)
-QA_MIN_BALANCE = 0.25  # smaller lung / larger lung
+QA_MIN_BALANCE = 0.08  # smaller lung / larger lung (a real collapsed TB lung measured 0.10)
 QA_MAX_UNCERTAIN = 0.35  # pixels with 0.2 < p < 0.8, relative to the mask area
 
 

@@ -54,7 +54,7 @@ def dice_scores(heat: np.ndarray, ys: np.ndarray, cleaned: bool = True) -> np.nd
 
 
 def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: int = L.LUNG_INPUT,
-                base: int = 16, seed: int = 0, exclude_site: str | None = None, patience: int = 6,
+                base: int = 12, seed: int = 0, exclude_site: str | None = None, patience: int = 6,
                 log=print) -> dict:
     import keras
 

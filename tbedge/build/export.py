@@ -1,0 +1,80 @@
+"""Keras -> ONNX with tf2onnx: opset 17, named I/O, dynamic batch, parity against Keras.
+
+The export fails (ExportParityError) when ONNX Runtime's outputs on real images differ from
+Keras' by more than the tolerance, so a broken conversion never reaches a bundle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 17
+PARITY_ATOL = 1e-4
+
+
+class ExportParityError(Exception):
+    pass
+
+
+def load_keras(path: str | Path):
+    import keras
+
+    try:
+        from ..train import classifier_models  # noqa: F401  (registers the CAM head layer)
+    except ImportError:
+        pass
+
+    return keras.models.load_model(path, compile=False)
+
+
+def export_onnx(model, out: str | Path, opset: int = OPSET) -> Path:
+    """Convert a Keras model with one input named ``image`` to ONNX at ``out`` (atomic write)."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shape = (None, *model.input_shape[1:])
+    spec = (tf.TensorSpec(shape, tf.float32, name="image"),)
+    names = list(model.output_names)
+    # tf2onnx needs a tf.function whose outputs carry the Keras output names.
+    fn = tf.function(lambda x: dict(zip(names, _as_list(model(x, training=False)), strict=True)))
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    proto.graph.doc_string = f"tbedge export of {model.name}"
+    # Rename outputs to the Keras names (tf2onnx may suffix them).
+    rename = {o.name: n for o, n in zip(proto.graph.output, names, strict=True) if o.name != n}
+    for node in proto.graph.node:
+        node.output[:] = [rename.get(x, x) for x in node.output]
+    for o in proto.graph.output:
+        o.name = rename.get(o.name, o.name)
+    onnx.checker.check_model(proto)
+    tmp = out.with_suffix(".tmp.onnx")
+    onnx.save(proto, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return out
+
+
+def _as_list(y):
+    if isinstance(y, dict):
+        return list(y.values())
+    return list(y) if isinstance(y, (list, tuple)) else [y]
+
+
+def parity(model, onnx_path: str | Path, x: np.ndarray, atol: float = PARITY_ATOL) -> dict[str, float]:
+    """Max abs difference per output between Keras and ONNX Runtime on ``x``; raises beyond atol."""
+    from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+
+    ref = dict(zip(model.output_names, _as_list(model.predict(x, verbose=0)), strict=True))
+    with OnnxRuntimeRunner(onnx_path) as r:
+        got = r.infer({"image": x.astype(np.float32)})
+    diffs = {k: float(np.max(np.abs(np.asarray(ref[k]) - got[k]))) for k in ref}
+    bad = {k: v for k, v in diffs.items() if v > atol}
+    if bad:
+        raise ExportParityError(f"ONNX differs from Keras beyond {atol}: {bad}")
+    return diffs

@@ -1,0 +1,173 @@
+"""tbedge command line: parse, call one function, print. No logic lives here.
+
+Errors the user caused print one line and exit non-zero; ``--verbose`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from . import __version__
+
+app = typer.Typer(
+    name="tbedge",
+    help="Offline TB screening of chest X-rays: lung crop, TB score 0-100, triage, heat map.\n\n"
+    "Example: tbedge screen /data/xrays --output results.jsonl --overlays overlays/",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+train_app = typer.Typer(help="Train the lung model or the TB classifier (needs the [build] extra).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+console = Console(stderr=True)
+_state = {"verbose": False}
+
+# Option names shared by every command (DEVELOPERS.md: same names everywhere).
+ENGINE = typer.Option(None, "--engine", help="Bundle directory (default: the shipped bundle).")
+
+
+def _backend(value: str) -> str:
+    if value not in ("auto", "onnxruntime", "tensorrt"):
+        raise typer.BadParameter(f"unknown backend {value!r}; choose auto, onnxruntime or tensorrt")
+    return value
+
+
+BACKEND = typer.Option("auto", "--backend", callback=_backend, help="auto | onnxruntime | tensorrt")
+BATCH = typer.Option(8, "--batch", min=1, help="Images per inference batch.")
+THREADS = typer.Option(0, "--threads", min=0, help="Inference threads (0 = all cores).")
+DATA = typer.Option(Path("../shared/data"), "--data", help="Data folder (../shared/data layout or class folders).")
+
+
+class UserError(Exception):
+    """Raised for mistakes the user can fix; printed as one line."""
+
+
+def _version(value: bool):
+    if value:
+        print(f"tbedge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show details and tracebacks."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    _state["verbose"] = verbose
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _progress(total: int, label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+    task = prog.add_task(label, total=total)
+    return prog, (lambda *_: prog.advance(task))
+
+
+@app.command()
+def screen(
+    paths: list[str] = typer.Argument(..., help="Files, folders (recursive) or globs."),
+    output: Path = typer.Option(..., "--output", "-o", help="Results file (JSON lines, one per input)."),
+    engine: Path = ENGINE,
+    backend: str = BACKEND,
+    batch: int = BATCH,
+    threads: int = THREADS,
+    overlays: Path = typer.Option(None, "--overlays", help="Write overlay PNGs (lungs, heat map, score) here."),
+    masks: Path = typer.Option(None, "--masks", help="Write lung masks at input resolution here."),
+    dicom_out: Path = typer.Option(None, "--dicom-out", help="For DICOM inputs: Secondary Capture + SR here."),
+):
+    """Score chest X-rays (PNG, JPEG, DICOM).
+
+    Example: tbedge screen ../shared/data/nih_cxr14_512 --output r.jsonl --overlays ov/
+    """
+    from .edge.screen import expand_inputs
+    from .edge.screen import screen as run_screen
+
+    files, _ = expand_inputs(paths)
+    prog, tick = _progress(len(files), "screening")
+    with prog:
+        s = run_screen(paths, output, engine, backend, batch, threads, overlays, masks, dicom_out, tick)
+    print(f"{s.total} inputs -> {output}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
+          + ("; triage " + ", ".join(f"{k} {v}" for k, v in sorted(s.triage.items())) if s.triage else "")
+          + ("; reasons " + ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items())) if s.reasons else ""))
+
+
+@app.command()
+def segment(
+    images: list[str] = typer.Argument(..., help="Image files, folders or globs."),
+    out: Path = typer.Option(..., "--out", help="Output directory for masks and overlays."),
+    engine: Path = ENGINE,
+    backend: str = BACKEND,
+):
+    """Write the cleaned lung mask (input resolution) and a contour + box overlay per image.
+
+    Example: tbedge segment xray.png --out seg/
+    """
+    from .edge.segment import segment_files
+
+    files = segment_files(images, out, engine, backend)
+    print(f"{len(files)} images -> {out}")
+
+
+@train_app.command("lungs")
+def train_lungs(
+    data: Path = DATA,
+    out: Path = typer.Option(..., "--out", help="Run directory (checkpoints, log, resumable)."),
+    epochs: int = typer.Option(16, "--epochs"),
+    seed: int = typer.Option(0, "--seed"),
+    exclude_site: str = typer.Option(None, "--exclude-site", help="Leave a site out (cross-site model)."),
+):
+    """Train the lung U-Net on the real masks (resumes from OUT when interrupted).
+
+    Example: tbedge train lungs --data ../shared/data --out runs/lungs
+    """
+    from .train.lungs import train_lungs as run
+
+    state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site)
+    print(f"best val Dice {state['best']:.4f} at epoch {state['best_epoch'] + 1}; model {out / 'best.keras'}")
+
+
+USER_ERRORS: tuple = (FileNotFoundError, NotADirectoryError, PermissionError, UserError)
+
+
+def _user_errors() -> tuple:
+    from .edge.bundle import BundleError
+    from .schema import TbedgeInputError
+
+    return (*USER_ERRORS, BundleError, TbedgeInputError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("aborted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place that turns errors into one line
+        if isinstance(e, typer.TyperException) and hasattr(e, "show"):  # usage errors: typer's own text
+            e.show()
+            return getattr(e, "exit_code", 2)
+        if _state["verbose"]:
+            console.print_exception()
+        if isinstance(e, _user_errors()):
+            console.print(f"error: {e}", markup=False, highlight=False)
+            return 2
+        console.print(f"error: {type(e).__name__}: {e} (run with --verbose for details)", markup=False,
+                      highlight=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Bundle: one directory holding the lung model and the classifier, read and verified here.
+
+``build/`` writes bundles through :func:`write_manifest`; the runtime only reads them. Loading
+refuses a bundle whose files do not match their hashes, whose threshold belongs to another
+classifier, or (for TensorRT plans) that was built for another GPU or TensorRT version.
+
+manifest.json (format_version 1)::
+
+  {"format_version": 1, "name", "version", "created", "class_names": [...],
+   "models": {"lungs"|"classifier": {"file", "sha256", "name", "version", "precision",
+              "backend", "derived_from" (fp32 sha256 or null), "gate" (dict or null),
+              "input": {"name", "shape", "layout", "dtype"}, "outputs": [...],
+              "preprocessing": {"size", "resize", "range"}, "tb_bias" (classifier)}},
+   "plans": {"lungs"|"classifier": {"file", "sha256", "trt_version", "cuda_version",
+             "gpu_name", "compute_capability", "onnx_sha256", "precision"}},
+   "threshold": {"value", "on": "tb_probability", "classifier_sha256", "chosen_on"},
+   "calibration": {"file", "sha256", "set_sha256"} | null,
+   "self_test": {"file", "sha256", "atol": {"lungs", "classifier"}} | null,
+   "tools": {...}, "override": null | {"flag", "reason"}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+ROLES = ("lungs", "classifier")
+REBUILD_HINT = "rebuild with: tbedge build-engine --default --target tensorrt --out {out}"
+
+
+class BundleError(Exception):
+    """A bundle that must not be used, with the reason in words a technician can act on."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def default_bundle_path() -> Path:
+    return Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"]["value"])
+
+    def entry(self, role: str) -> dict:
+        return self.manifest["models"][role]
+
+    def model_path(self, role: str) -> Path:
+        return self.path / self.entry(role)["file"]
+
+    def input_size(self, role: str) -> int:
+        return int(self.entry(role)["preprocessing"]["size"])
+
+    def plan(self, role: str) -> dict | None:
+        return (self.manifest.get("plans") or {}).get(role)
+
+    def has_plans(self) -> bool:
+        return all(self.plan(r) for r in ROLES)
+
+    def model_info(self, role: str, backend: str) -> dict:
+        e = self.entry(role)
+        sha = e["sha256"]
+        if backend == "tensorrt" and self.plan(role):
+            sha = self.plan(role)["sha256"]
+        return {"name": e["name"], "version": e["version"], "sha256": sha,
+                "precision": e["precision"], "backend": backend}
+
+
+def load_bundle(path: str | Path | None = None, verify: bool = True) -> Bundle:
+    """Read and verify a bundle directory (the shipped default when ``path`` is None)."""
+    path = Path(path) if path else default_bundle_path()
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        raise BundleError(f"not a tbedge bundle (no manifest.json): {path}")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"bundle manifest is not valid JSON: {mf}: {e}") from e
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"bundle format {manifest.get('format_version')} is not supported "
+                          f"(this tbedge reads format {FORMAT_VERSION}): {path}")
+    b = Bundle(path, manifest)
+    if verify:
+        verify_bundle(b)
+    return b
+
+
+def _check_file(b: Bundle, what: str, file: str, sha: str) -> None:
+    p = b.path / file
+    if not p.is_file():
+        raise BundleError(f"bundle {b.path}: {what} file missing: {file}")
+    got = sha256_file(p)
+    if got != sha:
+        raise BundleError(f"bundle {b.path}: {what} file {file} does not match its manifest hash "
+                          f"(tampered or corrupted; expected {sha[:12]}…, got {got[:12]}…)")
+
+
+def verify_bundle(b: Bundle) -> None:
+    m = b.manifest
+    for role in ROLES:
+        if role not in m.get("models", {}):
+            raise BundleError(f"bundle {b.path}: no {role} model")
+        e = m["models"][role]
+        _check_file(b, f"{role} model", e["file"], e["sha256"])
+        if e["precision"] != "fp32" and not e.get("derived_from"):
+            raise BundleError(f"bundle {b.path}: {e['precision']} {role} model does not record "
+                              "the fp32 model it was derived from")
+    for role, p in (m.get("plans") or {}).items():
+        _check_file(b, f"{role} TensorRT plan", p["file"], p["sha256"])
+    for key in ("calibration", "self_test"):
+        if m.get(key):
+            _check_file(b, key.replace("_", "-"), m[key]["file"], m[key]["sha256"])
+    cls = m["models"]["classifier"]
+    tied = m["threshold"]["classifier_sha256"]
+    fp32_sha = cls["sha256"] if cls["precision"] == "fp32" else cls.get("derived_from")
+    if tied != fp32_sha:
+        raise BundleError(f"bundle {b.path}: the threshold belongs to classifier {tied[:12]}…, "
+                          f"not to this bundle's classifier {str(fp32_sha)[:12]}…: recalibrate the threshold")
+
+
+def check_plan_device(b: Bundle, trt_version: str, compute_capability: str, gpu_name: str = "") -> None:
+    """Refuse plans built for another TensorRT version or GPU architecture."""
+    for role in ROLES:
+        p = b.plan(role)
+        if not p:
+            raise BundleError(f"bundle {b.path} has no TensorRT plan for {role}; "
+                              + REBUILD_HINT.format(out=b.path))
+        if p["trt_version"] != trt_version:
+            raise BundleError(f"{role} plan was built with TensorRT {p['trt_version']}, this host runs "
+                              f"{trt_version}; " + REBUILD_HINT.format(out=b.path))
+        if str(p["compute_capability"]) != str(compute_capability):
+            raise BundleError(f"{role} plan was built for compute capability {p['compute_capability']} "
+                              f"({p.get('gpu_name', '?')}), this GPU is {compute_capability} ({gpu_name}); "
+                              + REBUILD_HINT.format(out=b.path))
+
+
+def write_manifest(path: str | Path, manifest: dict) -> None:
+    """Atomically write manifest.json (temp, fsync, rename)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    manifest = {"format_version": FORMAT_VERSION, **manifest}
+    tmp = path / "manifest.json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path / "manifest.json")
+
+
+# -- self-test -----------------------------------------------------------------------------
+def phantom(size: int, seed: int = 0) -> np.ndarray:
+    """A deterministic synthetic chest-like image (two dark lung ellipses on a bright body).
+
+    Self-test inputs are synthetic on purpose: nothing derived from patient images ships.
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    img = 0.75 - 0.25 * ((xx - 0.5) ** 2 + (yy - 0.55) ** 2)
+    for cx in (0.32 + 0.02 * seed, 0.68 - 0.02 * seed):
+        inside = ((xx - cx) / 0.14) ** 2 + ((yy - 0.48) / 0.27) ** 2 < 1
+        img[inside] = 0.25 + 0.1 * yy[inside]
+    img = img + 0.04 * np.sin(40 * yy + 7 * seed)  # ribs
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def self_test_inputs(b: Bundle) -> dict[str, np.ndarray]:
+    return {role: np.stack([phantom(b.input_size(role), s) for s in (0, 1)])[..., None] for role in ROLES}
+
+
+def run_self_test(b: Bundle, runners: dict) -> dict[str, float]:
+    """Run the bundle's self-test vectors through ``runners`` ({role: active Runner}).
+
+    Returns max abs deviation per role; raises BundleError when it exceeds the bundle's tolerance.
+    """
+    st = b.manifest.get("self_test")
+    if not st:
+        return {}
+    ref = np.load(b.path / st["file"])
+    inputs = self_test_inputs(b)
+    dev = {}
+    for role in ROLES:
+        out = runners[role].infer({b.entry(role)["input"]["name"]: inputs[role]})
+        worst = 0.0
+        for name in b.entry(role)["outputs"]:
+            key = f"{role}/{name}"
+            if key in ref.files:
+                worst = max(worst, float(np.max(np.abs(out[name].astype(np.float32) - ref[key]))))
+        dev[role] = worst
+        if worst > float(st["atol"][role]):
+            raise BundleError(f"self-test failed for {role}: outputs drift by {worst:.4g} from the fp32 "
+                              f"reference (tolerance {st['atol'][role]}); this engine must not score patients")
+    return dev

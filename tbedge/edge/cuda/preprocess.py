@@ -1,0 +1,297 @@
+"""GpuPreprocessor: native image -> lung-model input, heat -> mask, ROI crop -> classifier input,
+CAM -> overlay size, on the GPU, double-buffered.
+
+Each slot owns a stream, a page-locked host arena (the decoder writes straight into it) and a
+device arena laid out by :func:`plan.plan_buffers`. While the GPU works on slot N, the CPU decodes
+image N+1 into slot N+1's host arena; ``host_image`` waits only for *that* slot's previous work.
+
+    with GpuPreprocessor(max_pixels=4096 * 4096) as gp:
+        px = gp.host_image(slot=0, k=0, shape=raw.shape, dtype=raw.dtype); px[:] = raw   # or decode into px
+        gp.submit(slot=0, k=0)                    # H2D (pinned) + area resize into lung_input
+        lung_ptr = gp.lung_input_ptr(0)           # feed TensorRT directly, or gp.lung_input(0) for ORT
+        ...                                       # lung model writes gp.heat_ptr(0)
+        mask = gp.mask(0)                         # threshold on the GPU, 64 KB download
+        gp.crop(0, 0, box)                        # area crop from the full-res device image
+        cls_ptr = gp.cls_input_ptr(0)
+
+Connected-component cleaning stays on the CPU (``lungs.clean`` on the 256x256 mask): it is ~0.1 ms
+there, the mask is 64 KB, and a GPU labelling pass would cost more in launches than it saves.
+
+Verified only on hosts with a GPU (tests/test_cuda_kernels.py, scripts/gpu-check.sh).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import device as dv
+from .compile import RESIZE_SIG
+from .plan import (
+    LINEAR,
+    MAPPED,
+    PINNED,
+    BufferPlan,
+    launch_1d,
+    launch_2d,
+    pack_tables,
+    pixel_type,
+    plan_buffers,
+    resize_tables,
+    value_map,
+)
+
+LUNG_INPUT = 256
+HEAT_THRESHOLD = 0.5
+
+
+@dataclass
+class _Staged:
+    shape: tuple[int, int]
+    dtype: np.dtype
+    scale: float
+    offset: float
+
+
+class _Slot:
+    def __init__(self, plan: BufferPlan, mapped: bool):
+        self.plan = plan
+        self.host = dv.HostBuffer(plan.host_bytes, mapped=mapped)
+        self.dev = dv.DeviceBuffer(plan.device_bytes)
+        self.stream = dv.Stream()
+        self.released = dv.Event(timing=False)  # end of all work enqueued so far
+        self.marks: dict[str, tuple[dv.Event, dv.Event]] = {}
+        self.staged: dict[int, _Staged] = {}
+        self.released.record(self.stream)
+
+    def hptr(self, region: str) -> int:
+        return self.host.ptr + self.plan.host[region].offset
+
+    def dptr(self, region: str) -> int:
+        """Device address of a region: in the device arena, or the mapped host arena."""
+        if region in self.plan.device:
+            return self.dev.ptr + self.plan.device[region].offset
+        if self.host.mapped and region in self.plan.host:
+            return self.host.device_ptr + self.plan.host[region].offset
+        raise KeyError(region)
+
+    def mark(self, stage: str, start: bool) -> None:
+        if stage not in self.marks:
+            self.marks[stage] = (dv.Event(), dv.Event())
+        self.marks[stage][0 if start else 1].record(self.stream)
+
+    def free(self) -> None:
+        for a, b in self.marks.values():
+            a.destroy()
+            b.destroy()
+        self.released.destroy()
+        self.stream.destroy()
+        self.dev.free()
+        self.host.free()
+
+
+class GpuPreprocessor:
+    """Holds the device, the compiled kernels and ``n_slots`` buffer slots (2 = double buffering)."""
+
+    def __init__(self, max_pixels: int = 4096 * 5120, max_side: int = 5120, batch: int = 1,
+                 itemsize: int = 2, lung_size: int = LUNG_INPUT, cls_size: int = 224, n_slots: int = 2,
+                 device: int = 0, memory: str | None = None):
+        self.info = dv.init_device(device)
+        self.mode = dv.choose_memory_mode(self.info, memory)
+        self.batch, self.lung_size, self.cls_size = batch, lung_size, cls_size
+        self.max_pixels, self.max_side, self.itemsize = max_pixels, max_side, itemsize
+        self.plan = plan_buffers(batch, max_pixels, max_side, itemsize, lung_size, cls_size, self.mode)
+        self.module = dv.load_kernels(self.info)
+        self.slots = [_Slot(self.plan, self.mode == MAPPED) for _ in range(n_slots)]
+        self._heat_buf: dv.DeviceBuffer | None = None
+        self._heat_in: dv.DeviceBuffer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        for s in self.slots:
+            s.stream.synchronize()
+            s.free()
+        self.slots = []
+        for b in (self._heat_buf, self._heat_in):
+            if b is not None:
+                b.free()
+        self.module.unload()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _slot(self, slot: int) -> _Slot:
+        return self.slots[slot % len(self.slots)]
+
+    def _check_k(self, k: int) -> None:
+        if not 0 <= k < self.batch:
+            raise IndexError(f"image index {k} outside batch {self.batch}")
+
+    # -- stage 1: native image -> lung input -------------------------------------------------
+    def host_image(self, slot: int, k: int, shape: tuple[int, int], dtype) -> np.ndarray:
+        """A writable page-locked (H, W) array for image k of the slot; waits for the slot's
+        previous work first, so writing never races a pending copy or kernel."""
+        self._check_k(k)
+        s = self._slot(slot)
+        dt = np.dtype(dtype)
+        pixel_type(dt)
+        h, w = shape
+        if h * w * dt.itemsize > self.plan.host[f"image_{k}"].nbytes or max(h, w) > self.max_side:
+            raise ValueError(f"image {w}x{h} {dt} exceeds the planned {self.max_pixels} px x "
+                             f"{self.itemsize} B (max side {self.max_side})")
+        s.released.synchronize()
+        return s.host.view(self.plan.host[f"image_{k}"].offset, dt, (h, w))
+
+    def put(self, slot: int, k: int, image: np.ndarray, scale: float | None = None,
+            offset: float | None = None) -> None:
+        """Copy a decoded (H, W) image into the slot and submit it."""
+        self.host_image(slot, k, image.shape, image.dtype)[:] = image
+        self.submit(slot, k, image.shape, image.dtype, scale, offset)
+
+    def submit(self, slot: int, k: int, shape: tuple[int, int] | None = None, dtype=None,
+               scale: float | None = None, offset: float | None = None) -> None:
+        """Enqueue image k (already in host_image) -> float32 [0, 1] (L, L) in lung_input[k].
+        Pixel values map as v * scale + offset (default: full range of the dtype -> [0, 1])."""
+        self._check_k(k)
+        s = self._slot(slot)
+        if shape is None or dtype is None:
+            raise ValueError("submit needs the shape and dtype passed to host_image")
+        dt = np.dtype(dtype)
+        if scale is None or offset is None:
+            scale, offset = value_map(dt)
+        h, w = shape
+        s.released.synchronize()  # the host table region may still feed an earlier copy
+        st = _Staged((h, w), dt, float(scale), float(offset))
+        s.staged[k] = st
+        s.mark("h2d", True)
+        if self.mode == PINNED:
+            dv.copy_h2d(s.dptr(f"image_{k}"), s.hptr(f"image_{k}"), h * w * dt.itemsize, s.stream)
+        s.mark("h2d", False)
+        s.mark("resize", True)
+        out = s.dptr("lung_input") + k * self.lung_size * self.lung_size * 4
+        self._resize(s, k, f"lung_tables_{k}", resize_tables((h, w), self.lung_size), out, st)
+        s.mark("resize", False)
+        s.released.record(s.stream)
+
+    def _resize(self, s: _Slot, k: int, table_region: str, t, out_ptr: int, st: _Staged) -> None:
+        host_tab = s.host.view(self.plan.host[table_region].offset, np.uint8,
+                               (self.plan.host[table_region].nbytes,))
+        _, offs = pack_tables(t, host_tab)
+        nbytes = max(offs.values()) + t.y.w.nbytes
+        if self.mode == PINNED:
+            dv.copy_h2d(s.dptr(table_region), s.hptr(table_region), nbytes, s.stream)
+        tab = s.dptr(table_region)
+        dw, dh = t.out_wh
+        grid, block = launch_2d(dw, dh)
+        x0, y0 = t.box[0], t.box[1]
+        self.module.launch(f"tbedge_resize_{pixel_type(st.dtype)}", grid, block, s.stream, RESIZE_SIG,
+                           s.dptr(f"image_{k}"), st.shape[1], x0, y0,
+                           tab + offs["x_start"], tab + offs["x_idx"], tab + offs["x_w"],
+                           tab + offs["y_start"], tab + offs["y_idx"], tab + offs["y_w"],
+                           out_ptr, dw, dh, st.scale, st.offset)
+
+    def lung_input_ptr(self, slot: int) -> int:
+        return self._slot(slot).dptr("lung_input")
+
+    def lung_input(self, slot: int, n: int | None = None) -> np.ndarray:
+        """(n, L, L, 1) float32, downloaded (for ONNX Runtime or tests)."""
+        s, n = self._slot(slot), n or self.batch
+        return dv.download(s.dptr("lung_input"), np.float32, (n, self.lung_size, self.lung_size, 1), s.stream)
+
+    # -- stage 2: heat map -> mask ------------------------------------------------------------
+    def heat_ptr(self, slot: int) -> int:
+        """Where the lung model should write its (B, L, L, 1) float32 output."""
+        return self._slot(slot).dptr("heat")
+
+    def mask(self, slot: int, n: int | None = None, heat: np.ndarray | None = None,
+             thr: float = HEAT_THRESHOLD) -> np.ndarray:
+        """Threshold the slot's heat map (or ``heat`` uploaded first) -> (n, L, L) uint8 on the host."""
+        s, n = self._slot(slot), n or self.batch
+        count = n * self.lung_size * self.lung_size
+        if heat is not None:
+            h = np.ascontiguousarray(heat, np.float32).reshape(-1)
+            if h.size != count:
+                raise ValueError(f"heat has {h.size} values, expected {count}")
+            s.stream.synchronize()
+            dv.upload(s.dptr("heat"), h)
+        s.mark("threshold", True)
+        grid, block = launch_1d(count)
+        self.module.launch("tbedge_threshold", grid, block, s.stream, "ppqf", s.dptr("heat"), s.dptr("mask"),
+                           count, thr)
+        dv.copy_d2h(s.hptr("mask_out"), s.dptr("mask"), count, s.stream)
+        s.mark("threshold", False)
+        s.released.record(s.stream)
+        s.stream.synchronize()
+        shape = (n, self.lung_size, self.lung_size)
+        return s.host.view(self.plan.host["mask_out"].offset, np.uint8, shape).copy()
+
+    # -- stage 3: ROI crop -> classifier input ------------------------------------------------
+    def crop(self, slot: int, k: int, box: tuple[int, int, int, int]) -> None:
+        """Enqueue native box (x0, y0, x1, y1 exclusive) of image k -> (S, S) float32 in cls_input[k],
+        area when shrinking, linear otherwise (as lungs.crop)."""
+        self._check_k(k)
+        s = self._slot(slot)
+        st = s.staged.get(k)
+        if st is None:
+            raise RuntimeError(f"image {k} of slot {slot} was not submitted")
+        s.released.synchronize()  # the host table region may still feed an earlier copy
+        s.mark("crop", True)
+        out = s.dptr("cls_input") + k * self.cls_size * self.cls_size * 4
+        self._resize(s, k, f"crop_tables_{k}", resize_tables(st.shape, self.cls_size, box), out, st)
+        s.mark("crop", False)
+        s.released.record(s.stream)
+
+    def cls_input_ptr(self, slot: int) -> int:
+        return self._slot(slot).dptr("cls_input")
+
+    def cls_input(self, slot: int, n: int | None = None) -> np.ndarray:
+        s, n = self._slot(slot), n or self.batch
+        return dv.download(s.dptr("cls_input"), np.float32, (n, self.cls_size, self.cls_size, 1), s.stream)
+
+    # -- stage 4: CAM -> overlay size ----------------------------------------------------------
+    def resize_heat(self, cam: np.ndarray, out_wh: tuple[int, int], slot: int = 0) -> np.ndarray:
+        """Bilinear (cv2 INTER_LINEAR) resize of a small (h, w) float map to out_wh, for overlays."""
+        s = self._slot(slot)
+        cam = np.ascontiguousarray(cam, np.float32)
+        if cam.ndim != 2:
+            raise ValueError(f"cam must be (h, w), got {cam.shape}")
+        w, h = out_wh
+        self._heat_in = _grow(self._heat_in, cam.nbytes)
+        self._heat_buf = _grow(self._heat_buf, w * h * 4)
+        t = resize_tables(cam.shape, (w, h), mode=LINEAR)
+        packed, offs = pack_tables(t)
+        tab = _grow(None, packed.nbytes)
+        try:
+            s.stream.synchronize()
+            dv.upload(self._heat_in.ptr, cam)
+            dv.upload(tab.ptr, packed)
+            grid, block = launch_2d(w, h)
+            self.module.launch("tbedge_resize_f32", grid, block, s.stream, RESIZE_SIG,
+                               self._heat_in.ptr, cam.shape[1], 0, 0,
+                               tab.ptr + offs["x_start"], tab.ptr + offs["x_idx"], tab.ptr + offs["x_w"],
+                               tab.ptr + offs["y_start"], tab.ptr + offs["y_idx"], tab.ptr + offs["y_w"],
+                               self._heat_buf.ptr, w, h, 1.0, 0.0)
+            return dv.download(self._heat_buf.ptr, np.float32, (h, w), s.stream)
+        finally:
+            s.stream.synchronize()
+            tab.free()
+
+    # -- timing ---------------------------------------------------------------------------------
+    def timings(self, slot: int) -> dict[str, float]:
+        """Milliseconds per stage of the slot's last run (waits for the slot)."""
+        s = self._slot(slot)
+        s.stream.synchronize()
+        return {k: round(b.elapsed_ms(a), 4) for k, (a, b) in s.marks.items()}
+
+
+def _grow(buf: dv.DeviceBuffer | None, nbytes: int) -> dv.DeviceBuffer:
+    if buf is not None and buf.nbytes >= nbytes:
+        return buf
+    if buf is not None:
+        buf.free()
+    return dv.DeviceBuffer(nbytes)

@@ -1,0 +1,130 @@
+"""What a person or a PACS gets from a scored film: JSONL lines, overlay PNGs, mask PNGs.
+
+Every file is written atomically (temp file, fsync, rename): a crash never leaves half a result.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import lungs as L
+from .pipeline import Scored
+
+OVERLAY_MAX_SIDE = 2048
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def write_png(path: str | Path, img: np.ndarray) -> None:
+    ok, enc = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"PNG encoding failed for {path}")
+    atomic_write_bytes(path, enc.tobytes())
+
+
+def native_mask(s: Scored) -> np.ndarray:
+    """The cleaned lung mask at the input's resolution, 0/255 uint8."""
+    return L.mask_to_native(s.lungs.mask, s.image.pixels.shape) * np.uint8(255)
+
+
+def heat_in_box(cam: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """CAM logits -> [0, 1] heat at the crop box's native size (bilinear)."""
+    x0, y0, x1, y1 = box
+    h = cv2.resize(cam.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    lo, hi = float(np.percentile(h, 1)), float(h.max())
+    return np.clip((h - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def render_overlay(s: Scored) -> np.ndarray:
+    """Original film with lung contour, crop box, TB heat map and score (BGR uint8)."""
+    img = s.image.pixels
+    scale = min(1.0, OVERLAY_MAX_SIDE / max(img.shape))
+    base = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    bgr = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR).astype(np.float32)
+    r = s.result
+    if s.cam is not None and s.lungs is not None:
+        x0, y0, x1, y1 = s.lungs.box
+        heat = heat_in_box(s.cam, s.lungs.box)
+        colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
+        alpha = (0.45 * heat)[..., None]
+        roi = bgr[y0:y1, x0:x1]
+        bgr[y0:y1, x0:x1] = roi * (1 - alpha) + colour * alpha
+    out = bgr.astype(np.uint8)
+    if scale < 1:
+        out = cv2.resize(out, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    th = max(2, round(out.shape[0] / 300))
+    if s.lungs is not None:
+        m = cv2.resize(s.lungs.mask, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (0, 255, 0), th)
+        x0, y0, x1, y1 = (round(v * scale) for v in s.lungs.box)
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 220, 255) if s.lungs.fallback else (255, 200, 0), th)
+    if r.tb_score is not None:
+        text = f"TB score {r.tb_score:.0f}  {r.triage.upper()}"
+        if r.qa_flags:
+            text += "  [" + ",".join(r.qa_flags) + "]"
+        fs = out.shape[0] / 900
+        cv2.putText(out, text, (10, round(40 * fs) + 5), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 0, 0), th + 2)
+        cv2.putText(out, text, (10, round(40 * fs) + 5), cv2.FONT_HERSHEY_SIMPLEX, fs,
+                    (0, 0, 255) if r.triage == "refer" else (0, 200, 0), th)
+    return out
+
+
+def relative_name(path: Path, roots: list[Path]) -> Path:
+    """``path`` relative to the input root it came from (folders kept), else just its name."""
+    for root in roots:
+        try:
+            return path.resolve().relative_to(root.resolve())
+        except ValueError:
+            continue
+    return Path(path.name)
+
+
+class JsonlWriter:
+    """One complete JSON line per input, flushed and fsynced per line; the file appears under
+    its final name only when complete (``.partial`` until then)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.f = open(self.tmp, "w")  # noqa: SIM115 - closed in close()
+        self.count = 0
+
+    def write(self, line: str) -> None:
+        self.f.write(line + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.count += 1
+
+    def close(self) -> None:
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

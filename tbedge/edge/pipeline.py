@@ -1,0 +1,251 @@
+"""The pipeline: load -> lungs (model + cleaning + crop) -> classifier (+ heat map) -> Result.
+
+Decoding runs in a thread pool ahead of inference (OpenCV and ONNX Runtime release the GIL), so
+decode and crop overlap the models; inference runs in batches. Results come back in input order.
+``screen``, ``watch`` and ``bench`` all drive this class; none re-implements it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import schema
+from . import lungs as L
+from .bundle import Bundle, load_bundle, run_self_test
+from .imaging import LoadedImage, load_image
+
+log = logging.getLogger("tbedge.pipeline")
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class Scored:
+    """One processed input: the result plus the arrays that outputs (overlays, masks, DICOM) need."""
+
+    result: schema.Result
+    image: LoadedImage | None = None
+    lungs: L.LungResult | None = None
+    cam: np.ndarray | None = None  # TB class activation map (h, w), logits without bias
+
+
+@dataclass
+class _Item:
+    path: Path
+    image: LoadedImage | None
+    result: schema.Result
+    lung_in: np.ndarray | None = None
+    lungs: L.LungResult | None = None
+    crop: np.ndarray | None = None
+
+
+def gpu_available() -> bool:
+    """True when a CUDA device answers (cuda-python, imported lazily; False on any CPU box)."""
+    try:
+        from cuda.bindings import runtime as cudart  # noqa: PLC0415
+    except ImportError:
+        return False
+    try:
+        err, n = cudart.cudaGetDeviceCount()
+        return int(err) == 0 and n > 0
+    except Exception:  # noqa: BLE001 - no driver behaves differently per platform
+        return False
+
+
+def resolve_backend(bundle: Bundle, backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "tensorrt" if bundle.has_plans() and gpu_available() else "onnxruntime"
+    return backend
+
+
+def make_runner(bundle: Bundle, role: str, backend: str, threads: int = 0):
+    if backend == "tensorrt":
+        from .runners.tensorrt import TensorRTRunner  # lazy: the CPU path never imports TensorRT
+
+        return TensorRTRunner.from_bundle(bundle, role)
+    from .runners.onnxruntime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(bundle.model_path(role), threads=threads, name=role)
+
+
+class Pipeline:
+    """Holds the two runners; use as a context manager, then call :meth:`run`."""
+
+    def __init__(self, bundle: str | Path | Bundle | None = None, backend: str = "auto", batch: int = 8,
+                 threads: int = 0, decode_workers: int = 2, self_test: bool = True,
+                 max_pixels: int | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.backend = resolve_backend(self.bundle, backend)
+        self.batch = max(1, int(batch))
+        self.threads = threads
+        self.decode_workers = max(1, decode_workers)
+        self.self_test = self_test
+        self.max_pixels = max_pixels
+        self.runners: dict = {}
+        self.models: dict[str, schema.ModelInfo] = {}
+        self.self_test_deviation: dict[str, float] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self):
+        for role in ("lungs", "classifier"):
+            r = make_runner(self.bundle, role, self.backend, self.threads)
+            r.activate()
+            self.runners[role] = r
+            self.models[role] = schema.ModelInfo(**self.bundle.model_info(role, self.backend))
+        if self.self_test:
+            self.self_test_deviation = run_self_test(self.bundle, self.runners)
+        self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="tbedge-decode")
+        return self
+
+    def __exit__(self, *exc):
+        if self._pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for r in self.runners.values():
+            r.deactivate()
+        return False
+
+    # -- stages ----------------------------------------------------------------------------
+    def _decode(self, path: Path) -> _Item:
+        t0 = time.perf_counter()
+        res = schema.Result(input=str(path), sha256=None, status=schema.STATUS_OK)
+        try:
+            kw = {"max_pixels": self.max_pixels} if self.max_pixels else {}
+            img = load_image(path, **kw)
+        except schema.TbedgeInputError as e:
+            res.status, res.reason, res.detail = schema.STATUS_REJECTED, e.reason, e.detail or None
+            res.sha256 = getattr(e, "sha256", None)
+            res.timing_ms["decode"] = _ms(t0)
+            return _Item(path, None, res)
+        except OSError as e:
+            res.status, res.reason, res.detail = schema.STATUS_REJECTED, "unreadable", type(e).__name__
+            return _Item(path, None, res)
+        except Exception as e:  # noqa: BLE001 - one bad file never stops the run
+            log.warning("decode failed: %s", type(e).__name__)
+            res.status, res.reason, res.detail = schema.STATUS_ERROR, "error_decode", type(e).__name__
+            return _Item(path, None, res)
+        res.timing_ms["decode"] = _ms(t0)
+        res.sha256 = img.meta.sha256
+        res.sop_instance_uid = img.meta.sop_instance_uid
+        res.qa_flags = list(img.meta.qa_flags)
+        t1 = time.perf_counter()
+        item = _Item(path, img, res)
+        try:
+            item.lung_in = L.preprocess(img.pixels, self.bundle.input_size("lungs"))
+        except Exception as e:  # noqa: BLE001
+            _fail(res, "preprocess", e)
+        res.timing_ms["preprocess"] = _ms(t1)
+        return item
+
+    def _infer_batch(self, role: str, items: list[_Item], x: np.ndarray) -> dict[str, np.ndarray] | None:
+        name = self.bundle.entry(role)["input"]["name"]
+        return self.runners[role].infer({name: x})
+
+    def _segment(self, items: list[_Item]) -> None:
+        live = [it for it in items if it.result.status == schema.STATUS_OK]
+        if not live:
+            return
+        t0 = time.perf_counter()
+        try:
+            heat = self._infer_batch("lungs", live, np.stack([it.lung_in for it in live]))["mask"][..., 0]
+        except Exception as e:  # noqa: BLE001
+            for it in live:
+                _fail(it.result, "segment", e)
+            return
+        per = _ms(t0) / len(live)
+        for it, h in zip(live, heat, strict=True):
+            it.result.timing_ms["segment"] = per
+            t1 = time.perf_counter()
+            try:
+                it.lungs = L.analyse(h, it.image.pixels.shape)
+                it.crop = L.crop(it.image.pixels, it.lungs.box, self.bundle.input_size("classifier"))
+                if it.lungs.fallback:
+                    it.result.qa_flags.append("lungs_implausible")
+            except Exception as e:  # noqa: BLE001
+                _fail(it.result, "clean_crop", e)
+            it.result.timing_ms["clean_crop"] = _ms(t1)
+
+    def _classify(self, items: list[_Item]) -> list[np.ndarray | None]:
+        live = [it for it in items if it.result.status == schema.STATUS_OK]
+        cams: dict[int, np.ndarray] = {}
+        if live:
+            t0 = time.perf_counter()
+            try:
+                out = self._infer_batch("classifier", live, np.stack([it.crop for it in live])[..., None])
+            except Exception as e:  # noqa: BLE001
+                for it in live:
+                    _fail(it.result, "classify", e)
+                out = None
+            if out is not None:
+                per = _ms(t0) / len(live)
+                thr = self.bundle.threshold
+                names = self.bundle.class_names
+                for it, p, cam in zip(live, out["probabilities"], out["cam"], strict=True):
+                    t1 = time.perf_counter()
+                    r = it.result
+                    r.timing_ms["classify"] = per
+                    probs = {n: float(v) for n, v in zip(names, p, strict=True)}
+                    r.class_probabilities = probs
+                    r.tb_probability = probs["tb"]
+                    r.tb_score = schema.tb_score(probs["tb"])
+                    r.threshold = thr
+                    r.triage = schema.triage_for(probs["tb"], thr, r.qa_flags)
+                    r.models = dict(self.models)
+                    r.lungs = schema.LungsInfo(list(it.lungs.box), round(it.lungs.qa.area_fraction, 4),
+                                               it.lungs.qa.to_dict())
+                    cams[id(it)] = cam
+                    r.timing_ms["postprocess"] = _ms(t1)
+        return [cams.get(id(it)) for it in items]
+
+    # -- driver ----------------------------------------------------------------------------
+    def run(self, paths: Iterable[str | Path]) -> Iterator[Scored]:
+        """Score ``paths`` in order; every input yields exactly one Scored, whatever happens."""
+        if self._pool is None:
+            raise RuntimeError("use Pipeline as a context manager")
+        pending: deque = deque()
+        it = iter(paths)
+        ahead = self.batch * 2 + self.decode_workers
+
+        def fill():
+            while len(pending) < ahead:
+                try:
+                    p = Path(next(it))
+                except StopIteration:
+                    return
+                pending.append(self._pool.submit(self._decode, p))
+
+        fill()
+        while pending:
+            items = [pending.popleft().result() for _ in range(min(self.batch, len(pending)))]
+            fill()  # keep the decoders busy while this batch runs through the models
+            yield from self.process_items(items)
+
+    def process_items(self, items: list[_Item]) -> Iterator[Scored]:
+        self._segment(items)
+        cams = self._classify(items)
+        for item, cam in zip(items, cams, strict=True):
+            r = item.result
+            r.timing_ms["total"] = round(sum(v for k, v in r.timing_ms.items() if k != "total"), 3)
+            r.timing_ms = {k: round(v, 3) for k, v in r.timing_ms.items()}
+            yield Scored(r, item.image, item.lungs, cam)
+
+    def score_one(self, path: str | Path) -> Scored:
+        return next(self.run([path]))
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _fail(res: schema.Result, stage: str, exc: Exception) -> None:
+    log.warning("stage %s failed: %s", stage, type(exc).__name__)
+    res.status, res.reason, res.detail = schema.STATUS_ERROR, f"error_{stage}", f"{type(exc).__name__}: {exc}"[:300]

@@ -1,0 +1,92 @@
+"""``tbedge screen``: score files, folders (recursive) or globs; one JSON line per input."""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import schema
+from .outputs import JsonlWriter, native_mask, relative_name, render_overlay, write_png
+from .pipeline import Pipeline
+
+log = logging.getLogger("tbedge.screen")
+SKIP_PREFIXES = (".", "~")
+SKIP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".jsonl", ".csv", ".json", ".txt", ".md")
+
+
+def is_candidate(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(SKIP_PREFIXES) and p.suffix.lower() not in SKIP_SUFFIXES
+
+
+def expand_inputs(items: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Files, folders (recursive) and globs -> (sorted unique files, roots for relative names)."""
+    files: list[Path] = []
+    roots: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            roots.append(p)
+            files += [f for f in sorted(p.rglob("*")) if is_candidate(f)]
+        elif p.is_file():
+            files.append(p)
+        else:
+            matches = sorted(glob.glob(str(item), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no such file, folder or glob match: {item}")
+            files += [Path(m) for m in matches if is_candidate(Path(m))]
+    seen, out = set(), []
+    for f in files:
+        k = f.resolve()
+        if k not in seen:
+            seen.add(k)
+            out.append(f)
+    return out, roots
+
+
+@dataclass
+class ScreenSummary:
+    total: int = 0
+    status: Counter = field(default_factory=Counter)
+    triage: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+
+
+def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None, dicom_out: Path | None) -> None:
+    if s.result.status != schema.STATUS_OK:
+        return
+    stem = rel.with_suffix("")
+    if overlays:
+        write_png(overlays / f"{stem}_overlay.png", render_overlay(s))
+    if masks:
+        write_png(masks / f"{stem}_mask.png", native_mask(s))
+    if dicom_out and s.image is not None and s.image.dataset is not None:
+        from .dicom_out import write_dicom_outputs
+
+        write_dicom_outputs(s, dicom_out)
+
+
+def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, backend: str = "auto",
+           batch: int = 8, threads: int = 0, overlays: Path | None = None, masks: Path | None = None,
+           dicom_out: Path | None = None, progress=None) -> ScreenSummary:
+    files, roots = expand_inputs(inputs)
+    if not files:
+        raise FileNotFoundError("no input files found")
+    summary = ScreenSummary(total=len(files))
+    with Pipeline(engine, backend=backend, batch=batch, threads=threads) as pipe, JsonlWriter(output) as out:
+        for s in pipe.run(files):
+            try:
+                write_extras(s, relative_name(Path(s.result.input), roots), overlays, masks, dicom_out)
+            except Exception as e:  # noqa: BLE001 - an output failure must not lose the score
+                log.warning("writing extras failed: %s", type(e).__name__)
+            out.write(s.result.to_json())
+            summary.status[s.result.status] += 1
+            if s.result.triage:
+                summary.triage[s.result.triage] += 1
+            if s.result.reason:
+                summary.reasons[s.result.reason] += 1
+            if progress:
+                progress(s)
+    return summary

@@ -1,0 +1,47 @@
+"""``tbedge segment``: cleaned lung mask at input resolution + a contour/box overlay per image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import lungs as L
+from .bundle import load_bundle
+from .imaging import load_image
+from .outputs import relative_name, write_png
+from .pipeline import make_runner, resolve_backend
+from .screen import expand_inputs
+
+
+def segment_overlay(img: np.ndarray, lr: L.LungResult) -> np.ndarray:
+    out = cv2.cvtColor((np.clip(img, 0, 1) * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    th = max(2, round(img.shape[0] / 300))
+    m = L.mask_to_native(lr.mask, img.shape)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (0, 255, 0), th)
+    x0, y0, x1, y1 = lr.box
+    cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 220, 255) if lr.fallback else (255, 200, 0), th)
+    if lr.fallback:
+        cv2.putText(out, "lungs implausible: fallback crop", (10, 40), cv2.FONT_HERSHEY_SIMPLEX,
+                    img.shape[0] / 900, (0, 0, 255), th)
+    return out
+
+
+def segment_files(inputs: list[str | Path], out: Path, engine: Path | None = None,
+                  backend: str = "auto") -> list[Path]:
+    files, roots = expand_inputs(inputs)
+    bundle = load_bundle(engine)
+    size = bundle.input_size("lungs")
+    written = []
+    with make_runner(bundle, "lungs", resolve_backend(bundle, backend)) as runner:
+        for f in files:
+            img = load_image(f).pixels
+            heat = runner.infer({"image": L.preprocess(img, size)[None]})["mask"][0, ..., 0]
+            lr = L.analyse(heat, img.shape)
+            stem = relative_name(f, roots).with_suffix("")
+            write_png(out / f"{stem}_mask.png", L.mask_to_native(lr.mask, img.shape) * np.uint8(255))
+            write_png(out / f"{stem}_overlay.png", segment_overlay(img, lr))
+            written.append(f)
+    return written

@@ -1,0 +1,240 @@
+"""TB classifier architectures (trained from scratch) with one shared head contract.
+
+Every model: input ``image`` (B, S, S, 1) float32 [0, 1] lung crop, normalised inside the graph
+(per-image layer norm, as the lung U-Net); outputs ``probabilities`` (B, 3) softmax over
+``CLASS_NAMES`` and ``cam`` (B, h, w), the TB class activation map of the last conv features F:
+``cam = F @ W[:, tb]`` without the bias, so ``mean(cam) + b_tb == tb_logit`` exactly. The head is
+a layer of the forward graph, so the heat map exports to ONNX as a second output.
+
+Importing this module registers :class:`CamHead`; do it before ``keras.models.load_model``.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from ..schema import CLASS_NAMES
+
+TB_INDEX = CLASS_NAMES.index("tb")
+BN_MOMENTUM = 0.9  # the Keras default 0.99 lagged the weights and collapsed val AUC here
+ARCHS = ("alexnet", "googlenet", "inception_resnet_v2", "edge_irn", "resnet_s")
+DEFAULT_ARCH = "resnet_s"
+DEFAULT_SIZE = 224
+
+
+@keras.saving.register_keras_serializable(package="tbedge")
+class CamHead(layers.Layer):
+    """Linear classifier applied at every position of F, then averaged (= GAP + dense).
+
+    Returns (logits (B, n), cam (B, h, w)); cam is the ``cam_class`` score map without bias.
+    """
+
+    def __init__(self, n_classes: int = len(CLASS_NAMES), cam_class: int = TB_INDEX, **kwargs):
+        super().__init__(**kwargs)
+        self.n_classes = n_classes
+        self.cam_class = cam_class
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        self.kernel = self.add_weight(shape=(c, self.n_classes), initializer="glorot_uniform", name="kernel")
+        self.bias = self.add_weight(shape=(self.n_classes,), initializer="zeros", name="bias")
+
+    def call(self, f):
+        scores = ops.matmul(f, self.kernel)  # (B, h, w, n): per-position class evidence
+        logits = ops.mean(scores, axis=(1, 2)) + self.bias
+        return logits, scores[..., self.cam_class]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n_classes), tuple(input_shape[:3])
+
+    def get_config(self):
+        return {**super().get_config(), "n_classes": self.n_classes, "cam_class": self.cam_class}
+
+
+# -- building blocks ------------------------------------------------------------------------
+def _conv(x, f, k, s=1, act=True, name=None, padding="same"):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = layers.Conv2D(f, (kh, kw), strides=s, padding=padding, use_bias=False,
+                      name=None if name is None else name + "_conv")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-3,
+                                  name=None if name is None else name + "_bn")(x)
+    return layers.Activation("relu", name=None if name is None else name + "_relu")(x) if act else x
+
+
+def _normalised_input(size: int):
+    inp = keras.Input((size, size, 1), name="image")
+    # Per-image standardisation in the graph: every backend gets it, and sites with other
+    # exposure levels look alike to the network.
+    x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-3, name="norm")(inp)
+    return inp, x
+
+
+def _with_head(inp, features, name: str, dropout: float = 0.2):
+    x = layers.Dropout(dropout, name="head_dropout")(features) if dropout else features
+    logits, cam = CamHead(name="cam_head")(x)
+    probs = layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
+    cam = layers.Identity(name="cam", dtype="float32")(cam)
+    return keras.Model(inp, [probs, cam], name=name)
+
+
+# -- AlexNet (BN variant, FC layers replaced by the GAP head as in the CAM paper) ----------
+def _alexnet(x):
+    x = _conv(x, 96, 11, 4, name="c1")
+    x = layers.MaxPooling2D(3, 2)(x)
+    x = _conv(x, 256, 5, name="c2")
+    x = layers.MaxPooling2D(3, 2)(x)
+    x = _conv(x, 384, 3, name="c3")
+    x = _conv(x, 384, 3, name="c4")
+    return _conv(x, 256, 3, name="c5")  # no pool5: keep 13x13 for the heat map
+
+
+# -- GoogLeNet / Inception v1 (BN, no auxiliary heads) --------------------------------------
+def _inception(x, c1, c3r, c3, c5r, c5, pp, name):
+    b1 = _conv(x, c1, 1, name=name + "_1x1")
+    b3 = _conv(_conv(x, c3r, 1, name=name + "_3r"), c3, 3, name=name + "_3x3")
+    b5 = _conv(_conv(x, c5r, 1, name=name + "_5r"), c5, 5, name=name + "_5x5")
+    bp = _conv(layers.MaxPooling2D(3, 1, padding="same")(x), pp, 1, name=name + "_pp")
+    return layers.Concatenate(name=name)([b1, b3, b5, bp])
+
+
+def _googlenet(x):
+    x = _conv(x, 64, 7, 2, name="stem1")
+    x = layers.MaxPooling2D(3, 2, padding="same")(x)
+    x = _conv(x, 64, 1, name="stem2")
+    x = _conv(x, 192, 3, name="stem3")
+    x = layers.MaxPooling2D(3, 2, padding="same")(x)
+    x = _inception(x, 64, 96, 128, 16, 32, 32, "i3a")
+    x = _inception(x, 128, 128, 192, 32, 96, 64, "i3b")
+    x = layers.MaxPooling2D(3, 2, padding="same")(x)
+    x = _inception(x, 192, 96, 208, 16, 48, 64, "i4a")
+    x = _inception(x, 160, 112, 224, 24, 64, 64, "i4b")
+    x = _inception(x, 128, 128, 256, 24, 64, 64, "i4c")
+    x = _inception(x, 112, 144, 288, 32, 64, 64, "i4d")
+    x = _inception(x, 256, 160, 320, 32, 128, 128, "i4e")
+    x = layers.MaxPooling2D(3, 2, padding="same")(x)
+    x = _inception(x, 256, 160, 320, 32, 128, 128, "i5a")
+    return _inception(x, 384, 192, 384, 48, 128, 128, "i5b")
+
+
+# -- Inception-ResNet-v2 (keras.applications body, from scratch) ----------------------------
+def _inception_resnet_v2(x, inp_size):
+    body = keras.applications.InceptionResNetV2(weights=None, include_top=False, input_tensor=x,
+                                                input_shape=(inp_size, inp_size, 1))
+    for layer in body.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
+    return body.output
+
+
+# -- edge Inception-ResNet: 2/3/2 repeats instead of 10/20/10, narrower, and one more
+#    reduction block (a cheap stride-2 stem + Reduction-0 replace IRv2's costly stem) ----------
+def _residual(x, branches, scale, name):
+    mixed = layers.Concatenate(name=name + "_mixed")(branches) if len(branches) > 1 else branches[0]
+    up = layers.Conv2D(x.shape[-1], 1, name=name + "_up")(mixed)
+    up = layers.Rescaling(scale, name=name + "_scale")(up)  # residual scaling as in IRv2
+    return layers.Activation("relu", name=name + "_out")(layers.Add(name=name + "_add")([x, up]))
+
+
+def _edge_irn(x):
+    x = _conv(x, 32, 3, 2, name="stem1")
+    x = _conv(x, 32, 3, name="stem2")
+    x = _conv(x, 64, 3, 2, name="stem3")
+    x = layers.Concatenate(name="red0")([layers.MaxPooling2D(3, 2, padding="same")(x),
+                                         _conv(x, 64, 3, 2, name="red0_c")])  # 128 @ /8
+    for i in range(2):
+        n = f"b35_{i}"
+        x = _residual(x, [_conv(x, 32, 1, name=n + "_a"),
+                          _conv(_conv(x, 32, 1, name=n + "_b1"), 32, 3, name=n + "_b2"),
+                          _conv(_conv(_conv(x, 32, 1, name=n + "_c1"), 48, 3, name=n + "_c2"), 64, 3,
+                                name=n + "_c3")], 0.17, n)
+    x = layers.Concatenate(name="redA")([
+        layers.MaxPooling2D(3, 2, padding="same")(x), _conv(x, 128, 3, 2, name="redA_a"),
+        _conv(_conv(_conv(x, 96, 1, name="redA_b1"), 96, 3, name="redA_b2"), 128, 3, 2, name="redA_b3")])
+    for i in range(3):  # 384 @ /16
+        n = f"b17_{i}"
+        x = _residual(x, [_conv(x, 96, 1, name=n + "_a"),
+                          _conv(_conv(_conv(x, 64, 1, name=n + "_b1"), 80, (1, 7), name=n + "_b2"), 96, (7, 1),
+                                name=n + "_b3")], 0.1, n)
+    x = layers.Concatenate(name="redB")([
+        layers.MaxPooling2D(3, 2, padding="same")(x),
+        _conv(_conv(x, 128, 1, name="redB_a1"), 192, 3, 2, name="redB_a2"),
+        _conv(_conv(_conv(x, 128, 1, name="redB_b1"), 160, 3, name="redB_b2"), 192, 3, 2, name="redB_b3")])
+    for i in range(2):  # 768 @ /32
+        n = f"b8_{i}"
+        x = _residual(x, [_conv(x, 128, 1, name=n + "_a"),
+                          _conv(_conv(_conv(x, 128, 1, name=n + "_b1"), 160, (1, 3), name=n + "_b2"), 192, (3, 1),
+                                name=n + "_b3")], 0.2, n)
+    return x
+
+
+# -- resnet_s: a small ResNet (basic blocks 1/2/2/2, widths 32/64/128/192), ~1.9 M params.
+#    Plain 3x3 convs + BN + ReLU: fast on CPUs, fuse cleanly in TensorRT and quantise well. ----
+def _basic(x, f, s, name):
+    y = _conv(x, f, 3, s, name=name + "_a")
+    y = _conv(y, f, 3, act=False, name=name + "_b")
+    if s != 1 or x.shape[-1] != f:
+        x = _conv(x, f, 1, s, act=False, name=name + "_proj")
+    return layers.Activation("relu", name=name + "_out")(layers.Add(name=name + "_add")([x, y]))
+
+
+def _resnet_s(x):
+    x = _conv(x, 16, 3, 2, name="stem1")
+    x = _conv(x, 32, 3, 2, name="stem2")  # /4
+    x = _basic(x, 32, 1, "s1b1")
+    for stage, (f, n) in enumerate([(64, 2), (128, 2), (192, 2)], start=2):
+        for b in range(n):
+            x = _basic(x, f, 2 if b == 0 else 1, f"s{stage}b{b + 1}")
+    return x
+
+
+def build_classifier(arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, dropout: float = 0.2) -> keras.Model:
+    """Build an untrained classifier ``arch`` (one of ARCHS) for S x S lung crops."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
+    if arch == "inception_resnet_v2" and size < 75:
+        raise ValueError("inception_resnet_v2 needs crops of at least 75 px")
+    inp, x = _normalised_input(size)
+    if arch == "inception_resnet_v2":
+        feats = _inception_resnet_v2(x, size)
+    else:
+        feats = {"alexnet": _alexnet, "googlenet": _googlenet, "edge_irn": _edge_irn, "resnet_s": _resnet_s}[arch](x)
+    return _with_head(inp, feats, f"tbedge_{arch}", dropout)
+
+
+# -- cost accounting ------------------------------------------------------------------------
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates of one forward pass (convolutions, dense layers and the head).
+
+    Counted from layer shapes; BN, pooling, adds and activations are left out (they are a few
+    percent and fuse away on the edge runtimes). FLOPs ~= 2 x MACs.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += count_macs(layer)
+            continue
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, CamHead)):
+            out = layer.output[0] if isinstance(layer, CamHead) else layer.output
+            inp = layer.input
+            cin = int(inp.shape[-1])
+            if isinstance(layer, layers.DepthwiseConv2D):
+                kh, kw = layer.kernel_size
+                total += int(out.shape[1]) * int(out.shape[2]) * kh * kw * int(out.shape[-1])
+            elif isinstance(layer, layers.Conv2D):
+                kh, kw = layer.kernel_size
+                total += (int(out.shape[1]) * int(out.shape[2]) * kh * kw * cin // layer.groups
+                          * int(out.shape[-1]))
+            elif isinstance(layer, CamHead):
+                total += int(inp.shape[1]) * int(inp.shape[2]) * cin * layer.n_classes
+            else:
+                total += cin * int(out.shape[-1])
+    return total
+
+
+def describe(model: keras.Model) -> dict:
+    """Parameters, MACs/FLOPs and the CAM grid of a built classifier."""
+    macs = count_macs(model)
+    cam = model.get_layer("cam").output
+    return {"params": int(model.count_params()), "macs": macs, "gflops": round(2 * macs / 1e9, 3),
+            "cam_grid": [int(cam.shape[1]), int(cam.shape[2])]}

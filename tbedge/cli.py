@@ -102,6 +102,34 @@ def screen(
 
 
 @app.command()
+def watch(
+    incoming: Path = typer.Argument(..., help="Folder the scanner or PACS drops films into."),
+    out: Path = typer.Option(..., "--out", help="Results folder (results/, processed/, quarantine/, index)."),
+    engine: Path = ENGINE,
+    backend: str = BACKEND,
+    batch: int = BATCH,
+    threads: int = THREADS,
+    once: bool = typer.Option(False, "--once", help="Process what is there, then exit (for cron)."),
+    stable_seconds: float = typer.Option(2.0, "--stable-seconds", help="A file counts when unchanged this long."),
+    rescan_seconds: float = typer.Option(30.0, "--rescan-seconds", help="Full rescan period (shares drop events)."),
+    retention_days: int = typer.Option(30, "--retention-days", help="Keep processed inputs N days (0 = forever)."),
+    archive_dir: Path = typer.Option(None, "--archive-dir", help="Move expired inputs here instead of deleting."),
+    min_free_mb: float = typer.Option(500.0, "--min-free-mb", help="Pause intake below this free space."),
+    max_attempts: int = typer.Option(3, "--max-attempts", help="Retries before an error is quarantined."),
+    dicom_out: bool = typer.Option(True, "--dicom-out/--no-dicom-out", help="SC + SR for DICOM inputs."),
+):
+    """Watch INCOMING: score each film exactly once, crash-safe; SIGTERM drains and exits 0.
+
+    Example: tbedge watch /incoming --out /results
+    """
+    from .edge.watch import watch as run_watch
+
+    raise typer.Exit(run_watch(incoming, out, engine, backend, batch, threads, once, stable_seconds, rescan_seconds,
+                               retention_days or None, min_free_mb, max_attempts, archive_dir,
+                               dicom_out=dicom_out))
+
+
+@app.command()
 def segment(
     images: list[str] = typer.Argument(..., help="Image files, folders or globs."),
     out: Path = typer.Option(..., "--out", help="Output directory for masks and overlays."),
@@ -134,6 +162,33 @@ def train_lungs(
 
     state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site)
     print(f"best val Dice {state['best']:.4f} at epoch {state['best_epoch'] + 1}; model {out / 'best.keras'}")
+
+
+eval_app = typer.Typer(help="Evaluate models on real data (needs the [build] extra).", no_args_is_help=True)
+app.add_typer(eval_app, name="evaluate")
+
+
+@eval_app.command("lungs")
+def evaluate_lungs(
+    model: Path = typer.Argument(..., help="Lung model (.keras)."),
+    data: Path = DATA,
+    onnx: Path = typer.Option(None, "--onnx", help="Its ONNX export: parity and CPU latency."),
+    exclude_site: str = typer.Option(None, "--exclude-site", help="The site the model never saw."),
+    output: Path = typer.Option(None, "--output", help="Write the report as JSON."),
+):
+    """Dice/IoU per part and site, native-resolution Dice, ONNX parity, CPU latency.
+
+    Example: tbedge evaluate lungs tbedge/models/keras/lungs.keras --onnx tbedge/models/default/lungs.onnx
+    """
+    import json
+
+    from .train.lungs import lungs_report
+
+    rep = lungs_report(model, data, onnx, exclude_site)
+    text = json.dumps(rep, indent=1)
+    if output:
+        output.write_text(text)
+    print(text)
 
 
 USER_ERRORS: tuple = (FileNotFoundError, NotADirectoryError, PermissionError, UserError)

@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 
 OPSET = 17
-PARITY_ATOL = 1e-4
+# Max abs difference allowed between Keras and ONNX Runtime outputs. 1e-4 was too tight for the real
+# 256 px U-Net: TF (oneDNN) and ORT (MLAS) accumulate the in-graph layer norm's variance over 65k
+# pixels differently; measured max 9.9e-4 at one pixel near p = 0.5 (mean 2.9e-6, no mask pixel
+# flipped at 0.5). 2e-3 keeps 2x headroom over that float noise; a broken conversion is far larger.
+PARITY_ATOL = 2e-3
 
 
 class ExportParityError(Exception):
@@ -45,12 +49,11 @@ def export_onnx(model, out: str | Path, opset: int = OPSET) -> Path:
     fn = tf.function(lambda x: dict(zip(names, _as_list(model(x, training=False)), strict=True)))
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
     proto.graph.doc_string = f"tbedge export of {model.name}"
-    # Rename outputs to the Keras names (tf2onnx may suffix them).
-    rename = {o.name: n for o, n in zip(proto.graph.output, names, strict=True) if o.name != n}
-    for node in proto.graph.node:
-        node.output[:] = [rename.get(x, x) for x in node.output]
-    for o in proto.graph.output:
-        o.name = rename.get(o.name, o.name)
+    # With dict outputs tf2onnx names each graph output by its key (in sorted order, so never
+    # match them by position).
+    got = sorted(o.name for o in proto.graph.output)
+    if got != sorted(names):
+        raise ExportParityError(f"exported outputs {got} do not carry the Keras names {sorted(names)}")
     onnx.checker.check_model(proto)
     tmp = out.with_suffix(".tmp.onnx")
     onnx.save(proto, tmp)

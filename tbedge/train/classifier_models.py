@@ -154,8 +154,8 @@ def _edge_irn(x):
     for i in range(3):  # 384 @ /16
         n = f"b17_{i}"
         x = _residual(x, [_conv(x, 96, 1, name=n + "_a"),
-                          _conv(_conv(_conv(x, 64, 1, name=n + "_b1"), 80, (1, 7), name=n + "_b2"), 96, (7, 1),
-                                name=n + "_b3")], 0.1, n)
+                          _conv(_conv(_conv(x, 64, 1, name=n + "_b1"), 80, (1, 7), name=n + "_b2"),
+                                96, (7, 1), name=n + "_b3")], 0.1, n)
     x = layers.Concatenate(name="redB")([
         layers.MaxPooling2D(3, 2, padding="same")(x),
         _conv(_conv(x, 128, 1, name="redB_a1"), 192, 3, 2, name="redB_a2"),
@@ -163,8 +163,8 @@ def _edge_irn(x):
     for i in range(2):  # 768 @ /32
         n = f"b8_{i}"
         x = _residual(x, [_conv(x, 128, 1, name=n + "_a"),
-                          _conv(_conv(_conv(x, 128, 1, name=n + "_b1"), 160, (1, 3), name=n + "_b2"), 192, (3, 1),
-                                name=n + "_b3")], 0.2, n)
+                          _conv(_conv(_conv(x, 128, 1, name=n + "_b1"), 160, (1, 3), name=n + "_b2"),
+                                192, (3, 1), name=n + "_b3")], 0.2, n)
     return x
 
 
@@ -198,7 +198,8 @@ def build_classifier(arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, dropout
     if arch == "inception_resnet_v2":
         feats = _inception_resnet_v2(x, size)
     else:
-        feats = {"alexnet": _alexnet, "googlenet": _googlenet, "edge_irn": _edge_irn, "resnet_s": _resnet_s}[arch](x)
+        body = {"alexnet": _alexnet, "googlenet": _googlenet, "edge_irn": _edge_irn, "resnet_s": _resnet_s}
+        feats = body[arch](x)
     return _with_head(inp, feats, f"tbedge_{arch}", dropout)
 
 

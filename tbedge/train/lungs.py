@@ -120,3 +120,65 @@ def evaluate_lungs(model, data: Path, exclude_site: str | None = None, seed: int
                             "dice_median": float(np.median(d[sites == site])),
                             "iou_mean": float(j[sites == site].mean())} for site in sorted(set(sites))}
     return res
+
+
+def evaluate_native(predict, data: Path) -> dict:
+    """CHNCXR_0001-0020 (never trained on): the cleaned mask from the 512² image upsampled to each
+    native mask's size; and CHNCXR_0007_0 through the full native path (native image in).
+
+    ``predict(x)`` maps (B, 256, 256, 1) float32 -> heat (B, 256, 256).
+    """
+    from ..datasets import FULLRES_DIR, fullres_native
+
+    native = fullres_native(data)
+    sm = {s.stem: s for s in discover(data)}
+    dices = {}
+    for stem, mpath in native.items():
+        gt = cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE) > 127
+        img = load_image(sm[stem].path).pixels
+        heat = predict(L.preprocess(img)[None])[0]
+        dices[stem] = L.dice(L.mask_to_native(L.clean(heat), gt.shape), gt)
+    out = {"n": len(dices), "dice_median": float(np.median(list(dices.values()))),
+           "dice_min": float(min(dices.values())), "per_image": dices}
+    full = Path(data) / FULLRES_DIR / "images" / "normal" / "CHNCXR_0007_0.png"
+    if full.exists():
+        img = load_image(full).pixels
+        gt = cv2.imread(str(native["CHNCXR_0007_0"]), cv2.IMREAD_GRAYSCALE) > 127
+        heat = predict(L.preprocess(img)[None])[0]
+        res = L.analyse(heat, img.shape)
+        out["full_native_0007"] = {"shape": list(img.shape),
+                                   "dice": L.dice(L.mask_to_native(res.mask, img.shape), gt)}
+    return out
+
+
+def lungs_report(keras_path: Path, data: Path, onnx_path: Path | None = None,
+                 exclude_site: str | None = None, threads: int = 2) -> dict:
+    """Everything the model card reports: Dice/IoU per part and site, native-resolution Dice,
+    ONNX-vs-Keras parity on real images and CPU latency of segmentation + cleaning."""
+    import time
+
+    import keras
+
+    from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+
+    model = keras.models.load_model(keras_path, compile=False)
+    rep = {"model": str(keras_path), "params": int(model.count_params()),
+           "dice": evaluate_lungs(model, data, exclude_site)}
+    rep["native"] = evaluate_native(lambda x: model.predict(x, verbose=0)[..., 0], data)
+    rep["native"].pop("per_image")
+    if onnx_path:
+        parts = lung_parts(data, exclude_site)
+        xs, _ = load_pairs(parts["test"][:16], model.input_shape[1])
+        x = xs.astype(np.float32)[..., None] / 255.0
+        ref = model.predict(x, verbose=0)
+        with OnnxRuntimeRunner(onnx_path, threads=threads) as r:
+            got = r.infer({"image": x})["mask"]
+            rep["onnx_max_abs_diff"] = float(np.max(np.abs(ref - got)))
+            times = []
+            for i in range(40):
+                t0 = time.perf_counter()
+                heat = r.infer({"image": x[i % len(x)][None]})["mask"][0, ..., 0]
+                L.analyse(heat, (512, 512))
+                times.append((time.perf_counter() - t0) * 1e3)
+            rep["cpu_latency_ms_seg_clean"] = {"median": float(np.median(times[5:])), "threads": threads}
+    return rep

@@ -1,0 +1,534 @@
+"""Write a versioned bundle: fp32 sources -> chosen precision/target -> gate -> self-test -> manifest.
+
+Sources are Keras models (exported here, parity-checked on real images) or an existing fp32
+bundle's ONNX, so a host with only the runtime install (no TensorFlow) can still rebuild fp16/int8
+forms. Everything is written into a temporary sibling directory and swapped in at the end: a
+failed gate or a crash never leaves a half-written bundle at ``out``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as _md
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .. import __version__ as TBEDGE_VERSION
+from .. import datasets
+from ..edge import lungs as L
+from ..edge.bundle import (
+    ROLES,
+    Bundle,
+    BundleError,
+    default_bundle_path,
+    load_bundle,
+    phantom,
+    sha256_file,
+    write_manifest,
+)
+from ..edge.imaging import load_image
+from . import gate as G
+from . import precision as P
+
+DEFAULT_CLASS_NAMES = list(datasets.LABELS)  # normal, tb, other: the classifier's output order
+PREPROCESSING_RESIZE = "area"
+# Self-test tolerance = max(floor, headroom x deviation measured at build time on the phantoms).
+# fp32 floor: float noise between CPU kernels (x86 vs ARM builds of ORT) is ~1e-3 on the real lung
+# model (see export.PARITY_ATOL); TensorRT fp32 plans may use TF32 on Ampere and later, so 1e-2 there.
+ATOL_FLOOR = {"fp32": 2e-3, "fp16": 1e-2, "int8": 5e-2}
+ATOL_FLOOR_TRT_FP32 = 1e-2
+ATOL_HEADROOM = 3.0
+ProgressFn = Callable[[str], None]
+
+
+class BuildError(Exception):
+    pass
+
+
+@dataclass
+class Source:
+    """One role's fp32 ONNX and what is known about where it came from."""
+
+    role: str
+    onnx: Path
+    origin: str  # keras | bundle | onnx
+    name: str
+    version: str
+    parity: dict | None = None
+    threshold: dict | None = None  # from a source bundle (classifier only)
+    class_names: list[str] | None = None
+    tools: dict = field(default_factory=dict)
+
+
+def _keras_default_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "models" / "keras"
+
+
+def tool_versions(with_tf: bool = False) -> dict:
+    names = ["onnx", "onnxruntime", "onnxconverter-common"]
+    names += ["tf2onnx", "tensorflow", "keras"] if with_tf else []
+    out = {"tbedge": TBEDGE_VERSION}
+    for n in names:
+        try:
+            out[n] = _md.version(n)
+        except _md.PackageNotFoundError:
+            if n == "tensorflow":
+                try:
+                    out[n] = _md.version("tensorflow-cpu")
+                except _md.PackageNotFoundError:
+                    pass
+    return out
+
+
+# -- sources ------------------------------------------------------------------------------
+def _parity_inputs(role: str, size: int, data_root: Path | None, n: int = 4) -> tuple[np.ndarray, str]:
+    """Real val images preprocessed as at runtime (centre crop stands in for the lung crop)."""
+    if data_root is not None:
+        samples = G.gate_samples(data_root)[:n]
+        xs = []
+        for s in samples:
+            px = load_image(s.path).pixels
+            xs.append(L.preprocess(px, size) if role == "lungs" else
+                      L.crop(px, L.fallback_box(px.shape), size)[..., None])
+        return np.stack(xs).astype(np.float32), f"{len(xs)} real val images"
+    return np.stack([phantom(size, s) for s in range(n)])[..., None], f"{n} synthetic phantoms (no data)"
+
+
+def source_from_keras(path: Path, role: str, work: Path, data_root: Path | None,
+                      progress: ProgressFn | None = None) -> Source:
+    from .export import export_onnx, load_keras, parity
+
+    if progress:
+        progress(f"export {role}: {path.name} -> ONNX")
+    model = load_keras(path)
+    out = export_onnx(model, work / f"{role}.fp32.onnx")
+    x, what = _parity_inputs(role, int(model.input_shape[1]), data_root)
+    diffs = parity(model, out, x)
+    return Source(role, out, "keras", model.name, _version_of(path), {"max_abs": diffs, "on": what},
+                  tools=tool_versions(with_tf=True))
+
+
+def source_from_bundle(path: Path, role: str, work: Path) -> Source:
+    b = load_bundle(path)
+    e = b.entry(role)
+    if e["precision"] != "fp32":
+        raise BuildError(f"bundle {path} holds a {e['precision']} {role} model; build from an fp32 bundle "
+                         "or from the Keras models")
+    dst = work / f"{role}.fp32.onnx"
+    shutil.copyfile(b.model_path(role), dst)
+    return Source(role, dst, "bundle", e["name"], e["version"], e.get("parity"),
+                  dict(b.manifest["threshold"]) if role == "classifier" else None, b.class_names)
+
+
+def resolve_source(src: str | Path, role: str, work: Path, data_root: Path | None,
+                   progress: ProgressFn | None = None) -> Source:
+    p = Path(src)
+    if p.is_dir() and (p / "manifest.json").is_file():
+        return source_from_bundle(p, role, work)
+    if p.suffix == ".keras" and p.is_file():
+        return source_from_keras(p, role, work, data_root, progress)
+    if p.suffix == ".onnx" and p.is_file():
+        dst = work / f"{role}.fp32.onnx"
+        shutil.copyfile(p, dst)
+        return Source(role, dst, "onnx", p.stem, _version_of(p))
+    raise BuildError(f"{role} source {p} is not a .keras model, an .onnx file or a bundle directory")
+
+
+def _version_of(path: Path) -> str:
+    return _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).strftime("%Y%m%d")
+
+
+# -- graph facts --------------------------------------------------------------------------
+def io_spec(onnx_path: Path) -> tuple[dict, list[str]]:
+    g = onnx.load(str(onnx_path), load_external_data=False).graph
+    i = g.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[3] != 1 or dims[1] != dims[2] or not dims[1]:
+        raise BuildError(f"{onnx_path.name}: input {i.name} shape {dims} is not (B, S, S, 1)")
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
+    return {"name": i.name, "shape": dims, "layout": "NHWC", "dtype": dtype}, [o.name for o in g.output]
+
+
+def read_tb_bias(onnx_path: Path, tb_index: int) -> float | None:
+    """The TB logit's bias, traced back from the Softmax behind ``probabilities`` (None if not found)."""
+    g = onnx.load(str(onnx_path)).graph
+    inits = {t.name: t for t in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+    n = prod.get("probabilities")
+    for _ in range(4):  # Softmax <- (Identity) <- Add(MatMul, bias) | Gemm(.., .., bias)
+        if n is None:
+            return None
+        if n.op_type == "MatMul":  # tf2onnx drops an all-zero Dense bias
+            return 0.0
+        if n.op_type in ("Add", "Gemm"):
+            for name in n.input[1:] if n.op_type == "Add" else n.input[2:3]:
+                if name in inits:
+                    b = numpy_helper.to_array(inits[name]).ravel()
+                    if b.size > tb_index:
+                        return float(b[tb_index])
+            return None
+        n = prod.get(n.input[0])
+    return None
+
+
+# -- self-test ----------------------------------------------------------------------------
+def self_test_reference(fp32: dict[str, Path], sizes: dict[str, int], model: dict[str, Path],
+                        threads: int = 0) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """fp32 reference outputs on the bundle's phantoms, and the chosen models' deviation from them."""
+    from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+
+    keys = {"lungs": "mask", "classifier": "probabilities"}
+    ref, dev = {}, {}
+    for role in ROLES:
+        x = np.stack([phantom(sizes[role], s) for s in (0, 1)])[..., None]  # = bundle.self_test_inputs
+        with OnnxRuntimeRunner(fp32[role], threads=threads) as r:
+            ref[f"{role}/{keys[role]}"] = r.infer({"image": x})[keys[role]].astype(np.float32)
+        with OnnxRuntimeRunner(model[role], threads=threads) as r:
+            got = r.infer({"image": x})[keys[role]].astype(np.float32)
+        dev[role] = float(np.max(np.abs(got - ref[f"{role}/{keys[role]}"])))
+    return ref, dev
+
+
+def self_test_atol(precision: str, deviation: dict[str, float], target: str = "cpu") -> dict[str, float]:
+    floor = ATOL_FLOOR_TRT_FP32 if (precision, target) == ("fp32", "tensorrt") else ATOL_FLOOR[precision]
+    return {r: float(f"{max(floor, ATOL_HEADROOM * d):.3g}") for r, d in deviation.items()}
+
+
+# -- the build ----------------------------------------------------------------------------
+def build_bundle(lungs_src: str | Path, classifier_src: str | Path, out: str | Path, precision: str = "fp32",
+                 target: str = "cpu", calibration: str | Path | None = None,
+                 threshold: float | dict | None = None, data_root: str | Path | None = None,
+                 threads: int = 0, allow_gate_failure: bool = False, name: str = "tbedge",
+                 version: str | None = None, class_names: list[str] | None = None,
+                 build_plans: bool | None = None, opt_batch: int = 8, max_batch: int = 32,
+                 gate_max_images: int | None = None, progress: ProgressFn | None = None) -> dict:
+    """Build a bundle at ``out`` and return a summary (sizes, parity, gate, self-test deviations).
+
+    ``calibration``: a calibration-set directory (make_calibration_set), required for int8 unless
+    ``data_root`` is given (a set is then made from its ``calib`` part). ``threshold``: the locked
+    TB threshold (float or {"value", "chosen_on"}); taken from the source bundle when omitted.
+    ``build_plans``: TensorRT plans for target tensorrt (default: when TensorRT is importable).
+    """
+    if precision not in P.PRECISIONS:
+        raise BuildError(f"unknown precision {precision!r}; choose one of {', '.join(P.PRECISIONS)}")
+    if target not in P.TARGETS:
+        raise BuildError(f"unknown target {target!r}; choose one of {', '.join(P.TARGETS)}")
+    out = Path(out)
+    data_root = Path(data_root) if data_root else None
+    say = progress or (lambda _m: None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
+    work = stage / "_work"
+    work.mkdir()
+    try:
+        summary = _build_into(stage, work, lungs_src, classifier_src, precision, target, calibration,
+                              threshold, data_root, threads, allow_gate_failure, name, version, class_names,
+                              build_plans, opt_batch, max_batch, gate_max_images, say)
+        shutil.rmtree(work)
+        load_bundle(stage)  # the reader must accept what we wrote
+        _swap_in(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    summary["bundle"] = str(out)
+    return summary
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        if not (out / "manifest.json").is_file() and any(out.iterdir()):
+            raise BuildError(f"{out} exists and is not a bundle; refusing to replace it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build_into(stage, work, lungs_src, classifier_src, precision, target, calibration, threshold, data_root,
+                threads, allow_gate_failure, name, version, class_names, build_plans, opt_batch, max_batch,
+                gate_max_images, say) -> dict:
+    src = {"lungs": resolve_source(lungs_src, "lungs", work, data_root, say),
+           "classifier": resolve_source(classifier_src, "classifier", work, data_root, say)}
+    fp32 = {r: src[r].onnx for r in ROLES}
+    fp32_sha = {r: sha256_file(fp32[r]) for r in ROLES}
+    specs = {r: io_spec(fp32[r]) for r in ROLES}
+    sizes = {r: int(specs[r][0]["shape"][1]) for r in ROLES}
+    names = class_names or src["classifier"].class_names or DEFAULT_CLASS_NAMES
+    if "tb" not in names:
+        raise BuildError(f"class names {names} have no 'tb'")
+    tb_index = names.index("tb")
+    thr = _resolve_threshold(threshold, src["classifier"], fp32_sha["classifier"])
+    tools = {**tool_versions(), **src["lungs"].tools, **src["classifier"].tools}
+    manifest: dict = {"name": name, "version": version or _dt.date.today().strftime("%Y.%m.%d"),
+                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      "class_names": names, "threshold": thr, "calibration": None, "plans": {},
+                      "tools": tools, "override": None, "target": target}
+    summary: dict = {"precision": precision, "target": target, "parity": {}, "gate": None,
+                     "sources": {r: f"{src[r].origin}:{src[r].name}" for r in ROLES}}
+
+    # 1. the chosen precision
+    model: dict[str, Path] = {}
+    quant: dict[str, dict | None] = {r: None for r in ROLES}
+    if precision == "fp32":
+        model = dict(fp32)
+    elif precision == "fp16":
+        for r in ROLES:
+            say(f"fp16: {r}")
+            model[r] = P.to_fp16(fp32[r], work / f"{r}.fp16.onnx")
+    else:
+        model, quant, cal_entry = _int8(work, stage, fp32, fp32_sha, sizes, target, calibration, data_root,
+                                        threads, say)
+        manifest["calibration"] = cal_entry
+        summary["calibration_set_sha256"] = cal_entry["set_sha256"]
+    if precision == "int8" and target == "tensorrt":
+        from .trt_check import assert_trt_ready
+
+        for r in ROLES:
+            assert_trt_ready(model[r])
+
+    # 2. the accuracy gate (reduced precision only)
+    gate = None
+    if precision != "fp32":
+        if data_root is None:
+            gate_err = "accuracy gate not run: no data folder with val images"
+            if not allow_gate_failure:
+                raise BuildError(gate_err + " (give --data, or --allow-gate-failure to ship ungated)")
+            manifest["override"] = {"flag": "--allow-gate-failure", "reason": gate_err}
+        else:
+            say("accuracy gate on the val part")
+            res = G.evaluate(fp32, model, data_root, thr["value"], tb_index, sizes["classifier"], threads,
+                             gate_max_images)
+            gate = res.to_dict()
+            summary["gate"] = gate
+            if not res.passed:
+                if not allow_gate_failure:
+                    raise G.GateFailure(res)
+                manifest["override"] = {"flag": "--allow-gate-failure", "reason": "; ".join(res.failures)}
+
+    # 3. files, self-test, manifest
+    models = {}
+    for r in ROLES:
+        fname = f"{r}.onnx"
+        shutil.copyfile(model[r], stage / fname)
+        spec, outputs = specs[r]
+        e = {"file": fname, "sha256": sha256_file(stage / fname), "name": src[r].name,
+             "version": src[r].version,
+             "precision": precision, "backend": "tensorrt" if target == "tensorrt" else "onnxruntime",
+             "derived_from": None if precision == "fp32" else fp32_sha[r],
+             "gate": gate, "input": spec, "outputs": outputs,
+             "preprocessing": {"size": sizes[r], "resize": PREPROCESSING_RESIZE, "range": [0, 1]},
+             "source": src[r].origin, "parity": src[r].parity, "quantization": quant[r]}
+        if r == "classifier":
+            e["tb_bias"] = read_tb_bias(fp32[r], tb_index)
+        models[r] = e
+        summary["parity"][r] = src[r].parity
+    manifest["models"] = models
+    ref, dev = self_test_reference(fp32, sizes, model, threads)
+    with open(stage / "selftest.npz", "wb") as f:
+        np.savez(f, **ref)
+        f.flush()
+        os.fsync(f.fileno())
+    manifest["self_test"] = {"file": "selftest.npz", "sha256": sha256_file(stage / "selftest.npz"),
+                             "atol": self_test_atol(precision, dev, target), "measured": dev,
+                             "reference": "fp32 ONNX Runtime CPU"}
+    summary["self_test"] = manifest["self_test"]
+
+    # 4. TensorRT plans
+    if target == "tensorrt":
+        from .tensorrt import tensorrt_available
+
+        want = tensorrt_available() if build_plans is None else build_plans
+        if want:
+            manifest["plans"] = build_plans_for(stage, models, precision, opt_batch, max_batch, say)
+        else:
+            summary["plans"] = ("not built: TensorRT is not installed here; on the device run "
+                                "`tbedge build-engine BUNDLE --target tensorrt` to add them")
+    write_manifest(stage, manifest)
+    summary["sizes"] = {p.name: p.stat().st_size for p in sorted(stage.iterdir()) if p.is_file()}
+    summary["override"] = manifest["override"]
+    return summary
+
+
+def build_plans_for(stage: Path, models: dict, precision: str, opt_batch: int, max_batch: int,
+                    say: ProgressFn) -> dict:
+    import tensorrt as trt  # noqa: PLC0415 - only reached where TensorRT exists
+
+    from . import tensorrt as T
+
+    dev = T.device_info()
+    plans = {}
+    cache = stage.parent / ".tbedge-trt-timing.cache"
+    for r in ROLES:
+        e = models[r]
+        prof = T.profile_for(e["input"]["name"], e["input"]["shape"], opt_batch, max_batch)
+        fname = T.plan_filename(r, precision, dev["compute_capability"])
+        say(f"TensorRT: building {fname}")
+        T.build_plan(stage / e["file"], stage / fname, prof, cache, trt=trt)
+        plans[r] = T.plan_metadata(trt, dev, fname, sha256_file(stage / fname), e["sha256"], precision, prof)
+    return plans
+
+
+def add_plans(bundle: str | Path, opt_batch: int = 8, max_batch: int = 32,
+              progress: ProgressFn | None = None) -> dict:
+    """Build TensorRT plans for an existing (already gated) bundle in place, on the device."""
+    b = load_bundle(bundle)
+    stage = Path(tempfile.mkdtemp(prefix=f".{b.path.name}.plans-", dir=b.path.parent))
+    try:
+        for p in b.path.iterdir():
+            if p.is_file() and not p.name.endswith(".plan"):
+                shutil.copyfile(p, stage / p.name)
+        m = dict(b.manifest)
+        m.pop("format_version", None)
+        m["plans"] = build_plans_for(stage, m["models"], m["models"]["lungs"]["precision"], opt_batch,
+                                     max_batch, progress or (lambda _m: None))
+        m["target"] = "tensorrt"
+        write_manifest(stage, m)
+        load_bundle(stage)
+        _swap_in(stage, b.path)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return {"bundle": str(b.path), "plans": m["plans"]}
+
+
+def _resolve_threshold(threshold, cls_src: Source, cls_sha: str) -> dict:
+    if threshold is None and cls_src.threshold is not None:
+        t = dict(cls_src.threshold)
+    elif threshold is None:
+        raise BuildError("no locked threshold for this classifier: pass threshold= (or put threshold.json "
+                         "beside the Keras classifier)")
+    elif isinstance(threshold, dict):
+        t = {"on": "tb_probability", "chosen_on": "unspecified", **threshold}
+    else:
+        t = {"value": float(threshold), "on": "tb_probability", "chosen_on": "unspecified"}
+    if cls_src.threshold is not None and t.get("classifier_sha256") not in (None, cls_sha):
+        raise BundleError("the source bundle's threshold belongs to another classifier")
+    t["classifier_sha256"] = cls_sha
+    if not 0.0 < float(t["value"]) < 1.0:
+        raise BuildError(f"threshold {t['value']} is not a probability in (0, 1)")
+    return t
+
+
+def _int8(work, stage, fp32, fp32_sha, sizes, target, calibration, data_root, threads, say):
+    from ..calibration import ranges as R
+    from ..calibration.sets import load_calibration_set, make_calibration_set
+
+    if calibration is not None:
+        cs = load_calibration_set(calibration)
+    elif data_root is not None:
+        say("calibration set from the calib part")
+        cs = make_calibration_set(data_root, fp32["lungs"], work / "calib-set", sizes["classifier"],
+                                  threads=threads)
+    else:
+        raise BuildError("int8 needs a calibration set (--calibration) or a data folder (--data)")
+    if cs.manifest["lungs_model_sha256"] != fp32_sha["lungs"]:
+        raise BuildError("the calibration set's crops were made with another lung model "
+                         f"({cs.manifest['lungs_model_sha256'][:12]}…); rebuild it with this one")
+    if cs.manifest["sizes"] != sizes:
+        raise BuildError(f"calibration set sizes {cs.manifest['sizes']} do not match the models {sizes}")
+    prepared, rng = {}, {}
+    for r in ROLES:
+        say(f"int8: activation ranges for {r} (once)")
+        prepared[r] = P.prepare(fp32[r], work / f"{r}.prep.onnx")
+        rng[r] = R.compute_ranges(prepared[r], cs.batches(r))
+    R.write_table(stage / "calibration.json", rng, cs.set_sha256, fp32_sha)
+    model, quant = {}, {}
+    for r in ROLES:
+        say(f"int8: {target} Q/DQ form of {r}")
+        model[r] = P.quantize(prepared[r], rng[r], target, work / f"{r}.int8.{target}.onnx")
+        quant[r] = {"form": target, **P.FORMS[target], "method": R.METHOD}
+    entry = {"file": "calibration.json", "sha256": sha256_file(stage / "calibration.json"),
+             "set_sha256": cs.set_sha256, "n_images": len(cs.manifest["items"]),
+             "strata": cs.manifest["strata"]}
+    return model, quant, entry
+
+
+# -- the CLI's entry point ----------------------------------------------------------------
+def default_sources() -> tuple[Path, Path]:
+    b = default_bundle_path()
+    if (b / "manifest.json").is_file():
+        return b, b
+    k = _keras_default_dir()
+    lungs, cls = k / "lungs.keras", k / "classifier.keras"
+    if lungs.is_file() and cls.is_file():
+        return lungs, cls
+    raise BuildError(f"no shipped models: neither {b}/manifest.json nor {k}/{{lungs,classifier}}.keras")
+
+
+def _copy_bundle(src: Path, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.copy-", dir=out.parent))
+    try:
+        for p in src.iterdir():
+            if p.is_file():
+                shutil.copyfile(p, stage / p.name)
+        load_bundle(stage)
+        _swap_in(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _threshold_file(classifier: Path) -> dict | None:
+    side = classifier.parent / "threshold.json"
+    return json.loads(side.read_text()) if classifier.suffix == ".keras" and side.is_file() else None
+
+
+def build_engine(model: Path | None, default: bool, precision: str, target: str, calibration: Path | None,
+                 out: Path, data_root: Path | None, threads: int = 0, allow_gate_failure: bool = False,
+                 progress: ProgressFn | None = None) -> dict:
+    """``tbedge build-engine [MODEL|--default]``.
+
+    MODEL: a bundle directory (its fp32 ONNX are the sources; a bundle already at ``precision``
+    with target tensorrt only gets plans added, in place when ``out`` is the bundle itself) or a
+    directory holding ``lungs.keras`` + ``classifier.keras`` (+ ``threshold.json``).
+    """
+    if default == (model is not None):
+        raise BuildError("give either MODEL or --default")
+    data_root = data_root or datasets.find_data_root()
+    if default:
+        lungs, cls = default_sources()
+    elif (Path(model) / "manifest.json").is_file():
+        b: Bundle = load_bundle(model)
+        same = b.entry("lungs")["precision"] == precision and precision != "fp32"
+        if same and target == "tensorrt":  # already quantized and gated: only the plans are missing
+            if Path(out).resolve() != b.path.resolve():
+                _copy_bundle(b.path, Path(out))
+            return add_plans(out, progress=progress)
+        lungs = cls = Path(model)
+    elif Path(model).is_dir():
+        lungs, cls = Path(model) / "lungs.keras", Path(model) / "classifier.keras"
+    else:
+        raise BuildError(f"{model} is neither a bundle nor a folder with lungs.keras and classifier.keras")
+    return build_bundle(lungs, cls, out, precision, target, calibration=calibration,
+                        threshold=_threshold_file(Path(cls)), data_root=data_root, threads=threads,
+                        allow_gate_failure=allow_gate_failure, progress=progress)
+
+
+def calibration_set(lungs_model: Path | None, out: Path, data_root: Path | None, classifier_size: int,
+                    n_per_stratum: int = 16, threads: int = 0,
+                    progress: Callable[[int, int], None] | None = None) -> dict:
+    """``tbedge calibration-set``: lungs_model is an fp32 lung ONNX or a bundle (None: the default)."""
+    from ..calibration.sets import make_calibration_set
+
+    data_root = data_root or datasets.find_data_root()
+    if data_root is None:
+        raise BuildError("no data folder: give --data")
+    lm = Path(lungs_model) if lungs_model else default_bundle_path()
+    if lm.is_dir():
+        lm = load_bundle(lm).model_path("lungs")
+    cs = make_calibration_set(data_root, lm, out, classifier_size, n_per_stratum, threads=threads,
+                              progress=progress)
+    return {"out": str(cs.path), "set_sha256": cs.set_sha256, "n_images": len(cs.manifest["items"]),
+            "strata": cs.manifest["strata"]}

@@ -1,0 +1,117 @@
+"""fp32 ONNX -> fp16 or int8 Q/DQ ONNX.
+
+int8 comes in two forms quantized from ONE set of activation ranges (calibration/ranges.py):
+
+- ``cpu``: QDQ, uint8 activations (asymmetric) + int8 per-channel symmetric weights (U8S8),
+  ONNX Runtime's fast path on x86 (VNNI) and ARM.
+- ``tensorrt``: QDQ, int8 activations and weights, symmetric (zero point 0), per-channel
+  weights, per-tensor activations, float bias, one dedicated Q/DQ pair per consumer: what
+  TensorRT's explicit quantization accepts (see trt_check.py). ONNX Runtime runs it too, which
+  is how its accuracy is gated on a host without a GPU.
+
+Two parts stay in float because they cost nothing and quantizing them costs accuracy: the final
+Sigmoid/Softmax producing a graph output (a probability in 1/255 steps would tie scores near the
+locked threshold) and the in-graph input normalisation ahead of the first Conv/MatMul (its variance
+and reciprocal tensors span orders of magnitude; on the lung model quantizing them tripled the
+mean mask drift).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from ..calibration.ranges import write_ort_cache
+
+PRECISIONS = ("fp32", "fp16", "int8")
+TARGETS = ("cpu", "tensorrt")
+FORMS = {
+    "cpu": {"activation": "uint8", "weight": "int8", "per_channel": True, "symmetric_activations": False,
+            "quantize_bias": True, "dedicated_qdq_pair": False},
+    "tensorrt": {"activation": "int8", "weight": "int8", "per_channel": True, "symmetric_activations": True,
+                 "quantize_bias": False, "dedicated_qdq_pair": True},
+}
+FLOAT_OUTPUT_OPS = {"Sigmoid", "Softmax"}
+HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+def _save(proto: onnx.ModelProto, out: Path) -> Path:
+    tmp = out.with_suffix(".tmp.onnx")
+    onnx.save(proto, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return out
+
+
+def to_fp16(src: str | Path, out: str | Path) -> Path:
+    """fp16 weights and compute, fp32 inputs/outputs (so runners and the manifest spec are unchanged)."""
+    from onnxconverter_common import float16
+
+    proto = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True)
+    onnx.checker.check_model(proto)
+    return _save(proto, Path(out))
+
+
+def prepare(src: str | Path, out: str | Path) -> Path:
+    """ORT's quantization pre-processing (shape inference + graph optimisation).
+
+    Calibration and both int8 forms all start from this one graph, so tensor names match the table.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = Path(out)
+    tmp = out.with_suffix(".tmp.onnx")
+    # Symbolic shape inference needs sympy; our graphs have static shapes apart from the batch.
+    quant_pre_process(str(src), str(tmp), skip_symbolic_shape=True)
+    os.replace(tmp, out)
+    return out
+
+
+def float_output_nodes(proto: onnx.ModelProto) -> list[str]:
+    outs = {o.name for o in proto.graph.output}
+    return [n.name for n in proto.graph.node if n.op_type in FLOAT_OUTPUT_OPS and set(n.output) & outs]
+
+
+def float_prefix_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Nodes with no Conv/ConvTranspose/MatMul/Gemm upstream: the input normalisation."""
+    after: set[str] = set()
+    prefix = []
+    for n in proto.graph.node:  # ONNX graphs are topologically sorted
+        if n.op_type in HEAVY_OPS or any(i in after for i in n.input):
+            after.update(n.output)
+        else:
+            prefix.append(n.name)
+    return prefix
+
+
+def quantize(prepared: str | Path, ranges: dict, form: str, out: str | Path) -> Path:
+    """Quantize the prepared fp32 model with precomputed ``ranges`` (ORT TensorsData dict)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if form not in FORMS:
+        raise ValueError(f"unknown int8 form {form!r}; choose one of {', '.join(FORMS)}")
+    f = FORMS[form]
+    qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    extra = {"ActivationSymmetric": f["symmetric_activations"], "WeightSymmetric": True,
+             "QuantizeBias": f["quantize_bias"], "DedicatedQDQPair": f["dedicated_qdq_pair"]}
+    src = onnx.load(str(prepared))
+    float_nodes = float_output_nodes(src) + float_prefix_nodes(src)
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="tbedge-q-") as tmp:
+        # quantize_static takes precomputed ranges through its calibration cache: no second calibration.
+        cache = write_ort_cache(ranges, Path(tmp) / "ranges.json")
+        tmp_out = Path(tmp) / "q.onnx"
+        quantize_static(str(prepared), str(tmp_out), calibration_data_reader=None,
+                        calibration_cache_path=str(cache), quant_format=QuantFormat.QDQ,
+                        per_channel=f["per_channel"], reduce_range=False,
+                        activation_type=qt[f["activation"]], weight_type=qt[f["weight"]],
+                        calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=float_nodes,
+                        extra_options=extra)
+        proto = onnx.load(str(tmp_out))
+    onnx.checker.check_model(proto)
+    return _save(proto, out)

@@ -1,0 +1,776 @@
+"""``tbedge watch INCOMING --out RESULTS``: a crash-safe folder service.
+
+Files dropped into INCOMING are scored once each; RESULTS gets::
+
+  results/<SOP Instance UID or sha256>.json   one result per input (atomic: temp, fsync, rename)
+  index.jsonl, index.csv                       one complete line per input (append + fsync)
+  processed/<YYYY-MM-DD>/...                   scored inputs (kept ``retention_days``, then deleted
+                                               or moved to ``archive_dir``)
+  quarantine/<reason>/...                      rejected inputs and inputs that kept failing
+  dicom/<source SOP UID>_{sc,sr}.dcm           Secondary Capture + Structured Report (DICOM inputs)
+  logs/watch.log                               rotated; inputs named by journal id + sha256 prefix
+  journal.sqlite                               the durable state machine (see journal.py)
+
+A file counts once it is complete: its size and mtime stayed the same for ``stable_seconds``, or it
+was renamed into place from a temporary name (``*.tmp``, ``*.part``, ``.name``...). Events come from
+watchdog; a periodic rescan catches what network shares never report. ``kill -9`` at any moment is
+safe: every step is recorded in the journal and idempotent. SIGTERM finishes the current batch and
+exits 0. Logs never carry file names (they can hold patient names): inputs are ``#<id> <sha[:12]>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import errno
+import hashlib
+import io
+import json
+import logging
+import logging.handlers
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import schema
+from .journal import FINISHING_STATES, QUEUED_STATES, Journal
+from .outputs import atomic_write_bytes
+
+log = logging.getLogger("tbedge.watch")
+
+TEMP_PREFIXES = (".", "~")
+TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp", ".download")
+INDEX_COLUMNS = ("entry", "scored_at", "input", "status", "reason", "tb_score", "triage", "qa_flags",
+                 "duplicate_of", "sha256", "sop_instance_uid", "result", "moved_to")
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+LOG_MAX_BYTES = 10 * 2**20
+LOG_BACKUPS = 10
+RETENTION_EVERY_S = 3600.0
+
+
+def is_temp_name(p: Path) -> bool:
+    return p.name.startswith(TEMP_PREFIXES) or p.suffix.lower() in TEMP_SUFFIXES
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+    return h.hexdigest()
+
+
+# -- results index ----------------------------------------------------------------------------------------
+class LineFile:
+    """An append-only file of complete lines; on open a trailing partial line (crash mid-append) is cut
+    off, and the keys already present are read so a restart never appends a line twice."""
+
+    def __init__(self, path: Path, key_of, header: str | None = None):
+        self.path = path
+        self.keys: set[int] = set()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = path.read_bytes() if path.exists() else b""
+        cut = data.rfind(b"\n") + 1
+        if cut != len(data):
+            with open(path, "r+b") as f:
+                f.truncate(cut)
+                os.fsync(f.fileno())
+            data = data[:cut]
+        lines = data.decode("utf-8", "replace").splitlines()
+        if header is not None:
+            if not lines:
+                self._append(header)
+            lines = lines[1:]
+        for line in lines:
+            k = key_of(line)
+            if k is not None:
+                self.keys.add(k)
+
+    def _append(self, line: str) -> None:
+        with open(self.path, "ab") as f:
+            f.write(line.encode("utf-8") + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def append(self, key: int, line: str) -> None:
+        if key in self.keys:
+            return
+        self._append(line)
+        self.keys.add(key)
+
+
+def _jsonl_key(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["entry"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _csv_key(line: str) -> int | None:
+    try:
+        return int(next(csv.reader([line]))[0])
+    except (ValueError, IndexError, StopIteration):
+        return None
+
+
+class ResultsIndex:
+    """RESULTS/index.jsonl and RESULTS/index.csv: one complete line per input, never a duplicate."""
+
+    def __init__(self, out: Path):
+        self.jsonl = LineFile(out / "index.jsonl", _jsonl_key)
+        self.csv = LineFile(out / "index.csv", _csv_key, header=",".join(INDEX_COLUMNS))
+
+    def append(self, row: dict) -> None:
+        self.jsonl.append(row["entry"], json.dumps(row, sort_keys=False, separators=(",", ":")))
+        buf = io.StringIO()
+        # One physical line per record: newlines in a file name must not split a CSV row.
+        vals = [str(row[c] if row[c] is not None else "").replace("\r", " ").replace("\n", " ")
+                for c in INDEX_COLUMNS]
+        csv.writer(buf, lineterminator="").writerow(vals)
+        self.csv.append(row["entry"], buf.getvalue())
+
+
+# -- retention ---------------------------------------------------------------------------------------------
+def apply_retention(processed: Path, days: int | None, archive: Path | None = None,
+                    today: dt.date | None = None) -> list[str]:
+    """Delete (or move to ``archive``) the day folders of ``processed`` older than ``days`` days.
+
+    ``processed/<YYYY-MM-DD>/`` is named by the day an input was scored, so retention never depends
+    on file mtimes (copies often keep the sender's old timestamps). Returns the day folders handled.
+    """
+    if not days or days <= 0 or not processed.is_dir():
+        return []
+    today = today or dt.date.today()
+    cutoff = today - dt.timedelta(days=days)
+    done = []
+    for d in sorted(processed.iterdir()):
+        try:
+            day = dt.date.fromisoformat(d.name)
+        except ValueError:
+            continue
+        if not d.is_dir() or day >= cutoff:
+            continue
+        if archive is not None:
+            target = archive / d.name
+            if target.exists():  # a half-finished earlier archive move: merge file by file
+                for f in sorted(p for p in d.rglob("*") if p.is_file()):
+                    dest = target / f.relative_to(d)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(f), str(dest))
+                shutil.rmtree(d)
+            else:
+                archive.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(d), str(target))
+        else:
+            shutil.rmtree(d)
+        done.append(d.name)
+    return done
+
+
+# -- the service ---------------------------------------------------------------------------------------------
+@dataclass
+class WatchConfig:
+    incoming: Path
+    out: Path
+    engine: Path | None = None
+    backend: str = "auto"
+    batch: int = 8
+    threads: int = 0
+    once: bool = False
+    stable_seconds: float = 2.0
+    rescan_seconds: float = 30.0
+    retention_days: int | None = 30
+    archive_dir: Path | None = None
+    processed_dir: Path | None = None
+    min_free_mb: float = 500.0
+    max_attempts: int = 3
+    dicom_out: bool = True
+    use_events: bool = True
+    pause_retry_seconds: float = 10.0  # while paused for space: how often to check again
+
+    def __post_init__(self):
+        self.incoming = Path(self.incoming)
+        self.out = Path(self.out)
+        self.processed_dir = Path(self.processed_dir) if self.processed_dir else self.out / "processed"
+        self.archive_dir = Path(self.archive_dir) if self.archive_dir else None
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+
+
+@dataclass
+class _Tracked:
+    size: int
+    mtime_ns: int
+    since: float
+    ready: bool = False  # renamed into place from a temporary name: complete now
+
+
+@dataclass
+class WatchStats:
+    registered: int = 0
+    finished: int = 0
+    status: dict = field(default_factory=dict)
+
+
+def _tag(row) -> str:
+    """How logs name an input: journal id + content hash prefix (+ SOP Instance UID), never the file name."""
+    t = f"#{row['id']} {row['sha256'][:12]}"
+    if row["sop_instance_uid"]:
+        t += f" uid={row['sop_instance_uid']}"
+    return t
+
+
+class Watcher:
+    """The service loop. ``Watcher(cfg).run()`` returns the process exit code."""
+
+    def __init__(self, cfg: WatchConfig, pipeline=None):
+        self.cfg = cfg
+        self.pipe = pipeline  # injected by tests; otherwise opened in run()
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.tracked: dict[str, _Tracked] = {}
+        self._events_lock = threading.Lock()
+        self._event_paths: dict[str, bool] = {}  # path -> renamed from a temporary name
+        self.paused = False
+        self.stats = WatchStats()
+        self.results_dir = cfg.out / "results"
+        self.quarantine_dir = cfg.out / "quarantine"
+        self.dicom_dir = cfg.out / "dicom"
+        self.journal: Journal | None = None
+        self.index: ResultsIndex | None = None
+        self._last_retention = 0.0
+        self._lock_fd: int | None = None
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        import fcntl
+
+        self._lock_fd = os.open(self.cfg.out / ".watch.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise RuntimeError(f"another tbedge watch is already using {self.cfg.out}") from e
+
+    def _open(self) -> None:
+        for d in (self.cfg.out, self.results_dir, self.quarantine_dir, self.cfg.processed_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if not self.cfg.incoming.is_dir():
+            raise FileNotFoundError(f"INCOMING is not a folder: {self.cfg.incoming}")
+        self._acquire_lock()
+        self._remove_stale_temps()
+        self.journal = Journal(self.cfg.out / "journal.sqlite")
+        self.index = ResultsIndex(self.cfg.out)
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of atomic writes cut short by a crash (we hold the lock: nobody else writes here)."""
+        for d in (self.results_dir, self.dicom_dir):
+            if d.is_dir():
+                for p in d.iterdir():
+                    if p.name.startswith(".") and ".tmp" in p.name:
+                        p.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self.journal:
+            self.journal.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- discovery ----------------------------------------------------------------------------------------
+    def on_event(self, path: str, from_temp: bool) -> None:
+        with self._events_lock:
+            self._event_paths[path] = self._event_paths.get(path, False) or from_temp
+        self.wake.set()
+
+    def _start_observer(self):
+        if not self.cfg.use_events or self.cfg.once:
+            return None
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            log.warning("watchdog is not installed: relying on the periodic rescan only")
+            return None
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_created(self, event):
+                if not event.is_directory:
+                    watcher.on_event(event.src_path, False)
+
+            def on_modified(self, event):
+                if not event.is_directory:
+                    watcher.on_event(event.src_path, False)
+
+            def on_closed(self, event):
+                if not event.is_directory:
+                    watcher.on_event(event.src_path, False)
+
+            def on_moved(self, event):
+                if not event.is_directory:
+                    watcher.on_event(event.dest_path, is_temp_name(Path(event.src_path)))
+
+        obs = Observer()
+        obs.schedule(Handler(), str(self.cfg.incoming), recursive=True)
+        obs.daemon = True
+        obs.start()
+        return obs
+
+    def _observe(self, p: Path, now: float, from_temp: bool = False) -> None:
+        key = str(p)
+        try:
+            st = p.stat()
+        except OSError:
+            self.tracked.pop(key, None)
+            return
+        t = self.tracked.get(key)
+        if t is None or (t.size, t.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self.tracked[key] = _Tracked(st.st_size, st.st_mtime_ns, now, from_temp)
+        elif from_temp:
+            t.ready = True
+
+    def _scan(self, now: float) -> None:
+        """Full walk of INCOMING (the rescan: network shares drop events)."""
+        for dirpath, dirnames, filenames in os.walk(self.cfg.incoming):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(TEMP_PREFIXES))
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if not is_temp_name(p) and p.is_file():
+                    self._observe(p, now)
+
+    def _register_ready(self, now: float) -> int:
+        """Journal every tracked file that is complete; returns how many were registered."""
+        with self._events_lock:
+            events, self._event_paths = self._event_paths, {}
+        for path, from_temp in events.items():
+            p = Path(path)
+            if not is_temp_name(p) and p.is_file():
+                self._observe(p, now, from_temp)
+        open_srcs = self.journal.open_srcs()
+        n = 0
+        for key in sorted(self.tracked):
+            t = self.tracked[key]
+            if key in open_srcs:
+                del self.tracked[key]
+                continue
+            if not (t.ready or now - t.since >= self.cfg.stable_seconds):
+                continue
+            p = Path(key)
+            try:
+                sha = _sha256(p)
+                st = p.stat()
+            except FileNotFoundError:
+                del self.tracked[key]
+                continue
+            except OSError as e:  # unreadable: register it anyway so it is quarantined, not retried forever
+                log.warning("cannot read an incoming file (%s); it will be quarantined", type(e).__name__)
+                sha, st = hashlib.sha256(key.encode()).hexdigest(), None
+            if st is not None and (st.st_size, st.st_mtime_ns) != (t.size, t.mtime_ns):
+                self.tracked[key] = _Tracked(st.st_size, st.st_mtime_ns, now)  # still being written
+                continue
+            rel = p.relative_to(self.cfg.incoming).as_posix()
+            eid = self.journal.add(sha, key, rel, st.st_size if st else -1, st.st_mtime_ns if st else -1)
+            log.debug("registered #%d %s", eid, sha[:12])
+            del self.tracked[key]
+            n += 1
+        self.stats.registered += n
+        return n
+
+    # -- disk space -----------------------------------------------------------------------------------
+    def _free_mb(self) -> float:
+        return shutil.disk_usage(self.cfg.out).free / 2**20
+
+    def _space_ok(self) -> bool:
+        free = self._free_mb()
+        if free < self.cfg.min_free_mb:
+            self._pause(f"{free:.0f} MB free on the results filesystem, below the "
+                        f"{self.cfg.min_free_mb:.0f} MB minimum")
+            return False
+        return True
+
+    def _pause(self, why: str) -> None:
+        """One log line per pause, however many retries fail while it lasts."""
+        if not self.paused:
+            log.error("intake paused: %s; resuming when space returns", why)
+            self.paused = True
+
+    def _resume(self) -> None:
+        if self.paused:
+            log.warning("intake resumed: %.0f MB free", self._free_mb())
+            self.paused = False
+
+    # -- per-entry steps (each idempotent) --------------------------------------------------------
+    def _result_name(self, row, result: schema.Result) -> str:
+        uid = result.sop_instance_uid
+        key = uid if uid and _UID_RE.match(uid) and len(uid) <= 64 else row["sha256"]
+        name = f"{key}.json"
+        if (result.duplicate_of or result.status != schema.STATUS_OK
+                or self.journal.result_name_taken(name, row["id"])
+                or ((self.results_dir / name).exists() and not self._result_is_ours(name, row))):
+            name = f"{key}-{row['id']}.json"  # deterministic: the arrival id makes it unique
+        return name
+
+    def _result_is_ours(self, name: str, row) -> bool:
+        try:
+            return json.loads((self.results_dir / name).read_text()).get("input") == row["src"]
+        except (OSError, ValueError):
+            return False
+
+    def _dest(self, row, result: schema.Result, day: str) -> str:
+        if result.status == schema.STATUS_OK:
+            base = self.cfg.processed_dir / day
+        else:
+            base = self.quarantine_dir / (result.reason or "unknown")
+        dest = base / row["rel"]
+        if dest.exists() or self.journal.dest_taken(str(dest), row["id"]):
+            dest = dest.with_name(f"{dest.stem}.{row['id']}{dest.suffix}")
+        return str(dest)
+
+    def _record_scored(self, row, result: schema.Result) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        result.sha256 = row["sha256"]  # rejected inputs may come back without one; ours is the content hash
+        first = self.journal.first_ok(row["sha256"], row["id"]) if result.status == schema.STATUS_OK else None
+        if first is not None:
+            result.duplicate_of = Path(first["result_name"]).stem
+        name = self._result_name(row, result)
+        dest = self._dest(row, result, now.date().isoformat())
+        self.journal.advance(row["id"], "scored", status=result.status, reason=result.reason,
+                             sop_instance_uid=result.sop_instance_uid, result_name=name,
+                             result_json=result.to_json(), dest=dest, duplicate_of=result.duplicate_of,
+                             scored_at=now.isoformat(timespec="seconds"))
+
+    def _write_result(self, row) -> None:
+        path = self.results_dir / row["result_name"]
+        if not path.exists():
+            atomic_write_bytes(path, (row["result_json"] + "\n").encode())
+        self.journal.advance(row["id"], "written")
+
+    def _move(self, row) -> None:
+        src, dest = Path(row["src"]), Path(row["dest"])
+        if src.exists():
+            if dest.exists():
+                if _sha256(dest) == row["sha256"]:
+                    src.unlink()  # an interrupted cross-filesystem move had already copied it
+                else:
+                    dest = dest.with_name(f"{dest.stem}.{row['id']}{dest.suffix}")
+                    self.journal.update(row["id"], dest=str(dest))
+            if src.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.rename(src, dest)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    tmp = dest.with_name(f".{dest.name}.tmp")  # fixed name: a rerun overwrites a stale one
+                    shutil.copy2(src, tmp)
+                    with open(tmp, "rb") as f:
+                        os.fsync(f.fileno())
+                    os.replace(tmp, dest)
+                    src.unlink()
+                _fsync_dir(dest.parent)
+                _fsync_dir(src.parent)
+        elif not dest.exists():
+            log.warning("%s: the input disappeared before it could be moved", _tag(row))
+        self.journal.advance(row["id"], "moved")
+
+    def _index(self, row) -> None:
+        r = json.loads(row["result_json"])
+        out = self.cfg.out
+        dest = Path(row["dest"])
+        try:
+            moved_to = dest.relative_to(out).as_posix()
+        except ValueError:
+            moved_to = str(dest)
+        self.index.append({
+            "entry": row["id"], "scored_at": row["scored_at"], "input": row["rel"], "status": r["status"],
+            "reason": r["reason"], "tb_score": r["tb_score"], "triage": r["triage"],
+            "qa_flags": ";".join(r["qa_flags"]), "duplicate_of": r["duplicate_of"], "sha256": row["sha256"],
+            "sop_instance_uid": r["sop_instance_uid"], "result": f"results/{row['result_name']}",
+            "moved_to": moved_to})
+        self.journal.advance(row["id"], "done")
+        self.stats.finished += 1
+        self.stats.status[r["status"]] = self.stats.status.get(r["status"], 0) + 1
+        if r["status"] == schema.STATUS_OK:
+            dup = f" (duplicate of {r['duplicate_of'][:12]})" if r["duplicate_of"] else ""
+            log.info("%s: ok, TB score %s, %s%s", _tag(row), r["tb_score"], r["triage"], dup)
+        else:
+            log.warning("%s: %s (%s), quarantined", _tag(row), r["status"], r["reason"])
+
+    def _finish(self, entry_id: int) -> None:
+        """Run the remaining idempotent steps of a scored entry: write, move, index."""
+        row = self.journal.get(entry_id)
+        if row["state"] == "scored":
+            self._write_result(row)
+            row = self.journal.get(entry_id)
+        if row["state"] == "written":
+            self._move(row)
+            row = self.journal.get(entry_id)
+        if row["state"] == "moved":
+            self._index(row)
+
+    def _finish_pending(self) -> None:
+        for row in self.journal.in_states(FINISHING_STATES):
+            self._finish(row["id"])
+
+    # -- scoring ----------------------------------------------------------------------------------------
+    def _claim(self, rows) -> list:
+        claimed = []
+        for row in rows:
+            src = Path(row["src"])
+            try:
+                st = src.stat()
+            except FileNotFoundError:
+                log.warning("%s: the input disappeared before scoring; dropped", _tag(row))
+                self.journal.advance(row["id"], "vanished")
+                continue
+            fields = {"attempts": row["attempts"] + 1}
+            if (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"]) and row["size"] >= 0:
+                # Rewritten after registration: score what is there now.
+                fields.update(sha256=_sha256(src), size=st.st_size, mtime_ns=st.st_mtime_ns)
+            self.journal.advance(row["id"], "claimed", **fields)
+            claimed.append(self.journal.get(row["id"]))
+        return claimed
+
+    def _give_up(self, row) -> None:
+        """Too many attempts that never produced a result (each one crashed or was killed)."""
+        stage = row["last_stage"] or "decode"
+        res = schema.Result(input=row["src"], sha256=row["sha256"], status=schema.STATUS_ERROR,
+                            reason=f"error_{stage}",
+                            detail=f"no result after {row['attempts'] - 1} attempts (the process stopped)")
+        self._record_scored(row, res)
+
+    def _process_batch(self, rows) -> None:
+        rows = self._claim(rows)
+        to_score = []
+        for row in rows:
+            if row["attempts"] > self.cfg.max_attempts:
+                self._give_up(row)
+                continue
+            first = self.journal.first_ok(row["sha256"], row["id"])
+            if first is not None:  # identical content already scored: reuse it, do not rescore
+                res = schema.Result.from_dict(json.loads(first["result_json"]))
+                res.input, res.timing_ms, res.duplicate_of = row["src"], {}, None
+                self._record_scored(row, res)
+                continue
+            to_score.append(row)
+        if to_score:
+            for row, s in zip(to_score, self.pipe.run([r["src"] for r in to_score]), strict=True):
+                self._after_scoring(row, s)
+        for row in rows:
+            if self.journal.get(row["id"])["state"] in FINISHING_STATES:
+                self._finish(row["id"])
+
+    def _after_scoring(self, row, s) -> None:
+        r = s.result
+        if r.status == schema.STATUS_ERROR:
+            stage = (r.reason or "error_decode").removeprefix("error_")
+            if row["attempts"] < self.cfg.max_attempts:
+                log.warning("%s: %s (attempt %d of %d), will retry", _tag(row), r.reason, row["attempts"],
+                            self.cfg.max_attempts)
+                self.journal.advance(row["id"], "seen", last_stage=stage)
+                return
+        if r.sha256 and r.sha256 != row["sha256"]:
+            log.warning("%s: the file changed while it was scored; scoring it again", _tag(row))
+            self.journal.advance(row["id"], "seen", attempts=row["attempts"] - 1)
+            return
+        if self.cfg.dicom_out and r.status == schema.STATUS_OK and s.image is not None \
+                and getattr(s.image, "dataset", None) is not None:
+            try:  # before "scored" is committed: after a crash the entry is rescored and these rewritten
+                from .dicom_out import write_dicom_outputs
+
+                write_dicom_outputs(s, self.dicom_dir)
+            except Exception as e:  # noqa: BLE001 - a DICOM output failure must not lose the score
+                if _is_disk_full(e):
+                    raise
+                log.warning("%s: DICOM SC/SR output failed (%s)", _tag(row), type(e).__name__)
+        self._record_scored(row, r)
+
+    # -- main loop --------------------------------------------------------------------------------------
+    def _maybe_retention(self, now: float) -> None:
+        if now - self._last_retention < RETENTION_EVERY_S:
+            return
+        self._last_retention = now
+        try:
+            days = apply_retention(self.cfg.processed_dir, self.cfg.retention_days, self.cfg.archive_dir)
+        except OSError as e:
+            log.warning("retention failed (%s); will try again", type(e).__name__)
+            return
+        if days:
+            verb = "archived" if self.cfg.archive_dir else "deleted"
+            log.info("retention: %s processed inputs of %d day(s) older than %d days", verb, len(days),
+                     self.cfg.retention_days)
+
+    def _step(self) -> bool:
+        """One round of work; True when something was done."""
+        now = time.monotonic()
+        self._maybe_retention(time.time())
+        if not self._space_ok():
+            return False
+        try:
+            self._finish_pending()
+            if self._rescan_due(now):
+                self._scan(now)
+            self._register_ready(now)
+            rows = self.journal.in_states(QUEUED_STATES, limit=self.cfg.batch)
+            if rows:
+                self._process_batch(rows)
+            self._resume()
+            return bool(rows)
+        except Exception as e:  # noqa: BLE001 - the service outlives any one failure
+            if _is_disk_full(e):
+                self._pause(f"no space left writing results ({type(e).__name__})")
+            else:
+                # Type and errno only: exception texts carry file names, which can hold patient names.
+                log.error("step failed (%s errno=%s); retrying in 5 s", type(e).__name__,
+                          getattr(e, "errno", None))
+                self.stop.wait(5.0)
+        return False
+
+    _last_scan = -1e18
+
+    def _rescan_due(self, now: float) -> bool:
+        if self.cfg.once or now - self._last_scan >= self.cfg.rescan_seconds:
+            self._last_scan = now
+            return True
+        return False
+
+    def _idle(self) -> bool:
+        return not self.tracked and self.journal.count(QUEUED_STATES + FINISHING_STATES) == 0
+
+    def run(self) -> int:
+        self._open()
+        obs = None
+        opened_here = self.pipe is None
+        try:
+            if opened_here:
+                from .pipeline import Pipeline
+
+                self.pipe = Pipeline(self.cfg.engine, backend=self.cfg.backend, batch=self.cfg.batch,
+                                     threads=self.cfg.threads).__enter__()
+            obs = self._start_observer()
+            pending = self.journal.count(QUEUED_STATES + FINISHING_STATES)
+            log.info("watching (%s backend, batch %d, %d unfinished entries from before)",
+                     self.pipe.backend, self.cfg.batch, pending)
+            tick = max(0.05, min(self.cfg.stable_seconds / 2, self.cfg.rescan_seconds, 1.0))
+            while not self.stop.is_set():
+                worked = self._step()
+                if self.cfg.once and not worked and not self.paused and self._idle():
+                    break
+                if not worked:
+                    self.wake.wait(tick if not self.paused else max(tick, self.cfg.pause_retry_seconds))
+                    self.wake.clear()
+            log.info("stopped: %d inputs finished this run", self.stats.finished)
+            return 0
+        finally:
+            if obs is not None:
+                obs.stop()
+                obs.join(timeout=5)
+            if opened_here and self.pipe is not None:
+                self.pipe.__exit__(None, None, None)
+            self._close()
+
+
+def _setup_logging(out: Path) -> list[logging.Handler]:
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fh = logging.handlers.RotatingFileHandler(out / "logs" / "watch.log", maxBytes=LOG_MAX_BYTES,
+                                              backupCount=LOG_BACKUPS, encoding="utf-8")
+    fh.setFormatter(fmt)
+    logger = logging.getLogger("tbedge")
+    logger.addHandler(fh)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return [fh]
+
+
+def watch(incoming: str | Path, out: str | Path, engine: str | Path | None = None, backend: str = "auto",
+          batch: int = 8, threads: int = 0, once: bool = False, stable_seconds: float = 2.0,
+          rescan_seconds: float = 30.0, retention_days: int | None = 30, min_free_mb: float = 500.0,
+          max_attempts: int = 3, archive_dir: str | Path | None = None,
+          processed_dir: str | Path | None = None, dicom_out: bool = True,
+          install_signal_handlers: bool = True) -> int:
+    """Run the folder service until SIGTERM/SIGINT (or, with ``once``, until INCOMING is empty).
+
+    Returns the exit code (0 after a clean stop). SIGTERM and SIGINT finish the current batch first.
+    """
+    cfg = WatchConfig(incoming=Path(incoming), out=Path(out), engine=Path(engine) if engine else None,
+                      backend=backend, batch=batch, threads=threads, once=once, stable_seconds=stable_seconds,
+                      rescan_seconds=rescan_seconds, retention_days=retention_days, archive_dir=archive_dir,
+                      processed_dir=processed_dir, min_free_mb=min_free_mb, max_attempts=max_attempts,
+                      dicom_out=dicom_out)
+    handlers = _setup_logging(cfg.out)
+    w = Watcher(cfg)
+    old = {}
+    if install_signal_handlers and threading.current_thread() is threading.main_thread():
+        def _on_signal(signum, _frame):
+            log.info("%s received: finishing the current batch, then stopping", signal.Signals(signum).name)
+            w.stop.set()
+            w.wake.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, _on_signal)
+    try:
+        return w.run()
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        for h in handlers:
+            logging.getLogger("tbedge").removeHandler(h)
+            h.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tbedge.edge.watch", description=__doc__.split("\n")[0])
+    ap.add_argument("incoming", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--engine", type=Path, default=None)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--once", action="store_true")
+    ap.add_argument("--stable-seconds", type=float, default=2.0)
+    ap.add_argument("--rescan-seconds", type=float, default=30.0)
+    ap.add_argument("--retention-days", type=int, default=30)
+    ap.add_argument("--archive-dir", type=Path, default=None)
+    ap.add_argument("--processed-dir", type=Path, default=None)
+    ap.add_argument("--min-free-mb", type=float, default=500.0)
+    ap.add_argument("--max-attempts", type=int, default=3)
+    ap.add_argument("--no-dicom-out", action="store_true")
+    a = ap.parse_args(argv)
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("tbedge").addHandler(stderr)
+    return watch(a.incoming, a.out, a.engine, a.backend, a.batch, a.threads, a.once, a.stable_seconds,
+                 a.rescan_seconds, a.retention_days, a.min_free_mb, a.max_attempts, a.archive_dir,
+                 a.processed_dir, not a.no_dicom_out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,333 @@
+"""Train and evaluate the TB classifier on cached lung crops (``tbedge train classifier``).
+
+Selection never peeks: an internal run selects its epoch on the ``val`` part; a leave-one-site-out
+fold trains on the other site(s) + NIH and selects on the held site's ``site_val``. The ``calib``
+part (threshold/calibration) and ``test`` patients are never used for any choice here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..schema import CLASS_NAMES
+from . import metrics as M
+from .augment import photometric, random_affine, warp
+from .crops import Crops, build_crop_cache, load_crops
+
+TB = CLASS_NAMES.index("tb")
+
+
+class _BudgetSpent(Exception):
+    """Raised at the start of an epoch that would overrun the wall-clock budget."""
+
+
+def crop_arrays(crops: Crops, idx: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (n, size, size) crops, resized (area averaging) when the cache has another size."""
+    x = crops.images[idx]
+    if crops.size == size:
+        return x
+    interp = cv2.INTER_AREA if size < crops.size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(a, (size, size), interpolation=interp) for a in x]) if len(x) else \
+        np.zeros((0, size, size), np.uint8)
+
+
+def class_index(labels: np.ndarray) -> np.ndarray:
+    bad = sorted(set(labels.tolist()) - set(CLASS_NAMES))
+    if bad:
+        raise ValueError(f"training samples need labels in {CLASS_NAMES}, found {bad}")
+    return np.array([CLASS_NAMES.index(c) for c in labels], np.int64)
+
+
+def balanced_weights(y: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """Per-sample weights that give every present class the same total weight (mean 1)."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(n_classes)
+    w[present] = len(y) / (present.sum() * counts[present])
+    return w[y].astype(np.float32)
+
+
+def predict_probabilities(model, x_uint8: np.ndarray, batch: int = 32) -> np.ndarray:
+    """(n, S, S) uint8 crops -> (n, 3) probabilities with a Keras model (inference mode)."""
+    from keras import ops
+
+    out = []
+    for i in range(0, len(x_uint8), batch):
+        xb = x_uint8[i:i + batch].astype(np.float32)[..., None] / 255.0
+        out.append(ops.convert_to_numpy(model(xb, training=False)[0]))
+    return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+
+def _tb_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    t = y == TB
+    if t.all() or not t.any():
+        return 0.5  # undefined on one class (tiny smoke sets): neutral, never "best" by accident
+    return M.roc_auc(t, probs[:, TB])
+
+
+def cosine_lr(lr: float, progress: float, floor: float = 0.02) -> float:
+    p = min(max(progress, 0.0), 1.0)
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] + 1 for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    a.plot(ep, [r["loss"] for r in history], label="train loss (weighted, augmented)")
+    if "sel_loss" in history[0]:
+        a.plot(ep, [r["sel_loss"] for r in history], label="selection loss")
+    a.set(xlabel="epoch", title="loss")
+    a.legend(fontsize=8)
+    for k in ("sel_auc", "val_auc"):
+        if k in history[0]:
+            b.plot(ep, [r[k] for r in history], label=k)
+    b.set(xlabel="epoch", title="TB-vs-rest AUC", ylim=(0.4, 1.0))
+    b.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | Path = "runs/classifier",
+                     seed: int = 0, size: int | None = None, epochs: int = 60,
+                     budget_minutes: float | None = None, fold: str | None = None, batch: int = 32,
+                     lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 12,
+                     label_smoothing: float = 0.05, aug_strength: float = 1.0, split_seed: int = 0,
+                     max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
+                     log: Callable[[str], None] = print) -> dict:
+    """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
+
+    ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
+    site's ``site_val``; for it, use crops from the lung model trained without that site).
+    ``budget_minutes`` caps train+eval wall time over all sessions: an epoch that would overrun
+    it is not started, and the cosine learning rate follows max(epoch, time) progress, so a
+    compute-matched run still anneals. Class balance by per-sample weights.
+    ``run_eagerly`` skips graph tracing (~20 s per session on 2 CPU cores): only for smoke tests.
+    """
+    import keras
+
+    from .classifier_models import build_classifier, describe
+    from .loop import run_epochs
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    crops = load_crops(crops_npz)
+    size = size or crops.size
+    parts = crops.parts(fold, seed=split_seed)
+    sel_name = "site_val" if fold else "val"
+    tr, sel = parts["train"], parts[sel_name]
+    xtr, ytr = crop_arrays(crops, tr, size), class_index(crops.label[tr])
+    xse, yse = crop_arrays(crops, sel, size), class_index(crops.label[sel])
+    extra = None
+    if fold:  # in-distribution val of the other sites: logged only, never selects
+        extra = (crop_arrays(crops, parts["val"], size), class_index(crops.label[parts["val"]]))
+    wtr = balanced_weights(ytr)
+    wse = balanced_weights(yse)
+    log(f"classifier {arch}@{size}: train {len(tr)} {np.bincount(ytr, minlength=3).tolist()}, "
+        f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
+
+    model = build_classifier(arch, size)
+    model.compile(keras.optimizers.AdamW(lr, weight_decay=weight_decay),
+                  loss=[keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None],
+                  run_eagerly=run_eagerly)
+    info = describe(model)
+    steps = int(np.ceil(len(xtr) / batch))
+    if max_steps_per_epoch:
+        steps = min(steps, max_steps_per_epoch)
+    budget_s = budget_minutes * 60 if budget_minutes else None
+    state_path = out / "state.json"
+    clock = {"t0": time.time(), "prior": 0.0}
+
+    def history() -> list[dict]:
+        return json.loads(state_path.read_text())["history"] if state_path.exists() else []
+
+    def batches(epoch):
+        hist = history()
+        clock["prior"], clock["t0"] = sum(r["seconds"] for r in hist), time.time()
+        if budget_s and hist and clock["prior"] + hist[-1]["seconds"] > budget_s:
+            raise _BudgetSpent
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(xtr))[:steps * batch]
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            bx = np.empty((len(idx), size, size, 1), np.float32)
+            for j, k in enumerate(idx):
+                img = xtr[k].astype(np.float32) / 255.0
+                img = warp(img, random_affine(rng, (size, size), rot=5.0, shift=0.04, scale=(0.93, 1.07)))
+                bx[j, ..., 0] = photometric(rng, img, aug_strength)
+            yield bx, (np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr[idx]], None), (wtr[idx], None)
+
+    def evaluate(m):
+        p = predict_probabilities(m, xse)
+        ce = -np.log(np.clip(p[np.arange(len(yse)), yse], 1e-7, 1))
+        res = {"sel_auc": _tb_auc(yse, p), "sel_loss": float(np.sum(wse * ce) / np.sum(wse)),
+               "sel_bal_acc": float(np.mean([np.mean(p[yse == c].argmax(1) == c) for c in np.unique(yse)]))}
+        if extra is not None:
+            res["val_auc"] = _tb_auc(extra[1], predict_probabilities(m, extra[0]))
+        # Learning rate for the next epoch, from epoch and wall-clock progress.
+        done = len(history()) + 1
+        spent = clock["prior"] + time.time() - clock["t0"]
+        progress = max(done / epochs, spent / budget_s if budget_s else 0.0)
+        m.optimizer.learning_rate.assign(cosine_lr(lr, progress))
+        res["lr_next"] = float(m.optimizer.learning_rate)
+        return res
+
+    config = {"arch": arch, "size": size, "seed": seed, "fold": fold, "selection": sel_name, "epochs": epochs,
+              "budget_minutes": budget_minutes, "batch": batch, "lr": lr, "weight_decay": weight_decay,
+              "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
+              "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
+              "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    stopped = "epochs"
+    try:
+        state = run_epochs(model, out, epochs, batches, steps, evaluate, "sel_auc", patience, log)
+        if state["epoch"] < epochs - 1:
+            stopped = "early_stopping"
+    except _BudgetSpent:
+        state, stopped = json.loads(state_path.read_text()), "budget"
+        log(f"budget of {budget_minutes} min reached after epoch {state['epoch'] + 1}")
+    state["stopped"] = stopped
+    if state["history"]:
+        plot_curves(state["history"], out / "curves.png",
+                    f"{arch}@{size} fold={fold or 'internal'} seed={seed} "
+                    f"(best epoch {state['best_epoch'] + 1})")
+        train_s = sum(r["seconds"] for r in state["history"])
+        state["train_seconds"] = train_s
+    (out / "result.json").write_text(json.dumps({**config, "best_epoch": state["best_epoch"],
+                                                 "best_sel_auc": state["best"], "stopped": stopped,
+                                                 "epochs_done": state["epoch"] + 1}, indent=1))
+    return state
+
+
+# -- speed --------------------------------------------------------------------------------
+def measure_speed(arch: str, size: int = 224, batch: int = 16, steps: int = 3, seed: int = 0,
+                  jit_compile: bool | str = "auto") -> dict:
+    """Training and inference images/s of ``arch`` on this machine (random inputs, after one
+    warm-up step that includes graph tracing). Augmentation time is not included."""
+    import keras
+
+    from .classifier_models import build_classifier, describe
+
+    keras.utils.set_random_seed(seed)
+    model = build_classifier(arch, size)
+    model.compile(keras.optimizers.AdamW(1e-3), loss=["categorical_crossentropy", None],
+                  jit_compile=jit_compile)
+    rng = np.random.default_rng(seed)
+    t = time.perf_counter()
+    x = rng.random((batch, size, size, 1), dtype=np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, batch)]
+    model.train_on_batch(x, (y, None))
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, (y, None))
+    train = batch * steps / (time.perf_counter() - t)
+    model(x, training=False)
+    t = time.perf_counter()
+    for _ in range(steps):
+        model(x, training=False)
+    infer = batch * steps / (time.perf_counter() - t)
+    return {"arch": arch, "size": size, "batch": batch, "first_step_s": round(first, 1),
+            "train_img_s": round(train, 2),
+            "infer_img_s": round(infer, 2), **describe(model)}
+
+
+# -- evaluation (for `tbedge evaluate`) -------------------------------------------------------
+def _classifier_fn(model_path: str | Path):
+    p = Path(model_path)
+    if not p.is_file():
+        raise FileNotFoundError(f"classifier model not found: {p}")
+    if p.suffix == ".onnx":
+        from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(p, name="classifier")
+        runner.activate()
+        size = int(runner.inputs()[0].shape[1])
+
+        def run(x):
+            return runner.infer({"image": x.astype(np.float32)[..., None] / 255.0})["probabilities"]
+        return run, size
+    import keras
+
+    from . import classifier_models  # noqa: F401  (registers CamHead for loading)
+
+    model = keras.models.load_model(p, compile=False)
+    return (lambda x: predict_probabilities(model, x)), int(model.input_shape[1])
+
+
+def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | Path,
+                        lung_model: str | Path | None = None, threshold: float | None = None,
+                        part: str | None = None, fold: str | None = None, split_seed: int = 0,
+                        log: Callable[[str], None] = print) -> dict:
+    """Score ``source`` (a crops .npz, or an image folder cropped with ``lung_model``) with the
+    classifier ``model_path`` (.keras or .onnx); write metrics.json, predictions.csv and roc.png
+    into ``out`` and return the metrics dict.
+
+    ``part``: 'all', a split part (train/val/calib/test) or, with ``fold``, site_val/site_test;
+    default 'test' ('site_test' with a fold) for a crops .npz, 'all' for an image folder. Pass the locked
+    ``threshold``; without one it is chosen on this data (reported as 'chosen_here').
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run, size = _classifier_fn(model_path)
+    src = Path(source)
+    if src.suffix == ".npz":
+        crops = load_crops(src)
+    else:
+        if lung_model is None:
+            raise ValueError("an image folder needs a lung model (lung_model=...) to crop the lungs")
+        crops = load_crops(build_crop_cache(src, lung_model, out / "crops.npz", size=size, log=log))
+    part = part or ("all" if src.suffix != ".npz" else "site_test" if fold else "test")
+    parts = crops.parts(fold, seed=split_seed)
+    if part not in parts:
+        raise ValueError(f"unknown part {part!r}; choose one of {sorted(parts)}")
+    idx = parts[part]
+    probs = run(crop_arrays(crops, idx, size)) if len(idx) else np.zeros((0, 3), np.float32)
+    pred = {"probabilities": probs, "label": crops.label[idx], "site": crops.site[idx],
+            "source": crops.source[idx], "fallback": crops.fallback[idx]}
+    res = M.evaluate(pred, threshold)
+    res.update({"model": str(model_path), "source": str(source), "part": part, "fold": fold})
+    y = crops.label[idx] == "tb"
+    lab = np.isin(crops.label[idx], CLASS_NAMES)
+    if y.any() and (~y[lab]).any():
+        curves = {"all": (y[lab], probs[lab, TB])}
+        for site in sorted(set(crops.site[idx][lab])):
+            m = lab & (crops.site[idx] == site)
+            if y[m].any() and (~y[m]).any():
+                curves[site] = (y[m], probs[m, TB])
+        at = res["at_threshold"]
+        M.plot_roc(curves, out / "roc.png", {f"threshold {res['threshold']:.3f}": (1 - at["specificity"],
+                                                                                at["sensitivity"])},
+                   title=f"TB vs rest: {Path(model_path).name} on {part}")
+        res["roc_png"] = str(out / "roc.png")
+    tmp = out / "predictions.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "site", "source", "fallback", *[f"p_{c}" for c in CLASS_NAMES]])
+        for j, i in enumerate(idx):
+            w.writerow([crops.path[i], crops.label[i], crops.site[i], crops.source[i], int(crops.fallback[i]),
+                        *[f"{v:.6f}" for v in probs[j]]])
+    os.replace(tmp, out / "predictions.csv")
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, out / "metrics.json")
+    return res

@@ -1,0 +1,170 @@
+"""Classifier contract (names, shapes, exact CAM), crop cache and a resumable training smoke run
+on a few real crops."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tbedge.datasets import discover
+from tbedge.schema import CLASS_NAMES
+
+SMALL = {"inception_resnet_v2": 80}  # its valid-padded stem needs >= 75 px; the rest build at 64
+
+
+@pytest.fixture(scope="module")
+def cm(tf_keras):
+    from tbedge.train import classifier_models
+
+    return classifier_models
+
+
+def _cam_check(model, x):
+    import keras
+
+    probs, cam = (keras.ops.convert_to_numpy(t) for t in model(x, training=False))
+    head = model.get_layer("cam_head")
+    logits = keras.ops.convert_to_numpy(keras.Model(model.input, head.output[0])(x, training=False))
+    tb = CLASS_NAMES.index("tb")
+    np.testing.assert_allclose(cam.mean(axis=(1, 2)) + head.bias.numpy()[tb], logits[:, tb], atol=1e-4)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    return probs, cam
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "googlenet", "inception_resnet_v2", "edge_irn", "resnet_s"])
+def test_every_arch_contract(cm, arch):
+    s = SMALL.get(arch, 64)
+    m = cm.build_classifier(arch, s)
+    assert m.input.name == "image" and tuple(m.input.shape) == (None, s, s, 1)
+    assert m.output_names == ["probabilities", "cam"]
+    assert tuple(m.outputs[0].shape) == (None, 3) and len(m.outputs[1].shape) == 3
+    # Give the head a non-zero bias so the "without bias" part of the contract is tested too.
+    head = m.get_layer("cam_head")
+    head.bias.assign(np.array([0.3, -0.7, 0.2], np.float32))
+    x = np.random.default_rng(0).random((2, s, s, 1), dtype=np.float32)
+    probs, cam = _cam_check(m, x)
+    assert cam.shape[1:] == tuple(m.outputs[1].shape[1:])
+    assert any(layer.name == "norm" for layer in m.layers)  # normalises its own input
+    bns = [layer for layer in m.layers if "BatchNormalization" in type(layer).__name__]
+    assert bns and all(b.momentum == pytest.approx(cm.BN_MOMENTUM) for b in bns)
+
+
+def test_default_arch_budget_and_roundtrip(cm, tmp_path):
+    import keras
+
+    m = cm.build_classifier(cm.DEFAULT_ARCH, cm.DEFAULT_SIZE)
+    d = cm.describe(m)
+    assert 0.5e6 <= d["params"] <= 5e6 and d["cam_grid"] == [7, 7]
+    m.get_layer("cam_head").bias.assign(np.array([0.1, -0.4, 0.2], np.float32))
+    m.save(tmp_path / "m.keras")
+    m2 = keras.models.load_model(tmp_path / "m.keras")
+    x = np.random.default_rng(1).random((1, cm.DEFAULT_SIZE, cm.DEFAULT_SIZE, 1), dtype=np.float32)
+    for a, b in zip(m(x, training=False), _cam_check(m2, x), strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), b, atol=1e-5)
+
+
+def test_mac_count_by_hand(cm):
+    import keras
+    from keras import layers
+
+    inp = keras.Input((8, 8, 1), name="image")
+    f = layers.Conv2D(4, 3, padding="same", use_bias=False)(inp)  # 8*8*9*1*4 = 2304
+    f = layers.Conv2D(6, 1, strides=2)(f)  # 4*4*4*6 = 384
+    logits, cam = cm.CamHead(name="cam_head")(f)  # 4*4*6*3 = 288
+    m = keras.Model(inp, [layers.Activation("softmax", name="probabilities")(logits),
+                          layers.Identity(name="cam")(cam)])
+    assert cm.count_macs(m) == 2304 + 384 + 288
+    with pytest.raises(ValueError):
+        cm.build_classifier("vgg", 64)
+
+
+@pytest.fixture(scope="module")
+def tiny_crops(tf_keras, data_root, tmp_path_factory):
+    """A crop cache of 24 real Shenzhen/Montgomery/NIH images, cropped by a tiny random U-Net
+    (its masks fail QA, so this also exercises the fallback box)."""
+    import keras
+
+    from tbedge.train.crops import build_crop_cache
+    from tbedge.train.unet import build_unet
+
+    keras.utils.set_random_seed(0)
+    samples = discover(data_root)
+    pick = []
+    for src in ("shenzhen_normal", "shenzhen_tb", "nih_pneumonia"):
+        pick += [s for s in samples if s.source == src][:8]
+    out = tmp_path_factory.mktemp("crops") / "crops.npz"
+    build_crop_cache(pick, build_unet(256, base=4, depth=2), out, size=64, log=lambda _: None)
+    return out
+
+
+def test_crop_cache_contents(tiny_crops):
+    from tbedge.train.crops import load_crops
+
+    c = load_crops(tiny_crops)
+    assert c.images.shape == (24, 64, 64) and c.images.dtype == np.uint8
+    assert set(c.label) == {"normal", "tb", "other"} and c.images.std() > 5
+    assert c.meta["size"] == 64 and c.meta["n"] == 24
+    assert c.box.shape == (24, 4) and np.all(c.box[:, 2] > c.box[:, 0])
+    parts = c.parts()
+    got = np.sort(np.concatenate([parts[k] for k in ("train", "val", "calib", "test")]))
+    assert got.tolist() == list(range(24))  # disjoint and complete
+    assert {"site_val", "site_test"} <= set(c.parts("shenzhen"))
+
+
+def test_training_smoke_resumes(tiny_crops, tmp_path):
+    from tbedge.train.classifier import cosine_lr, evaluate_classifier, train_classifier
+
+    out = tmp_path / "run"
+    kw = {"seed": 0, "batch": 4, "max_steps_per_epoch": 2, "run_eagerly": True, "log": lambda _: None}
+    s1 = train_classifier(tiny_crops, "resnet_s", out, epochs=1, **kw)
+    assert s1["epoch"] == 0 and len(s1["history"]) == 1
+    s2 = train_classifier(tiny_crops, "resnet_s", out, epochs=2, **kw)
+    assert s2["epoch"] == 1 and [r["epoch"] for r in s2["history"]] == [0, 1]  # continued, not restarted
+    assert s2["history"][0] == s1["history"][0]
+    assert s2["history"][1]["lr_next"] == pytest.approx(cosine_lr(1e-3, 1.0), rel=1e-5)  # fully annealed
+    assert cosine_lr(1e-3, 0.0) == pytest.approx(1e-3) and cosine_lr(1e-3, 0.5) == pytest.approx(0.51e-3)
+    for f in ("best.keras", "last.keras", "state.json", "log.csv", "curves.png", "config.json",
+              "result.json"):
+        assert (out / f).is_file(), f
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["selection"] == "val" and cfg["arch"] == "resnet_s"
+    res = evaluate_classifier(tiny_crops, out / "best.keras", tmp_path / "eval", part="all", threshold=0.5)
+    assert res["n"] == 24 and res["threshold_source"] == "given"
+    assert sum(map(sum, res["confusion"]["rows_true_cols_pred"])) == 24
+    assert (tmp_path / "eval" / "roc.png").is_file() and (tmp_path / "eval" / "predictions.csv").is_file()
+
+
+def test_budget_stops_before_overrun(tiny_crops, tmp_path):
+    from tbedge.train.classifier import train_classifier
+
+    # A budget smaller than one epoch: the first epoch runs, the second would overrun.
+    s = train_classifier(tiny_crops, "resnet_s", tmp_path / "b", epochs=5, batch=4, budget_minutes=1e-4,
+                         max_steps_per_epoch=1, run_eagerly=True, log=lambda _: None)
+    assert s["stopped"] == "budget" and s["epoch"] == 0
+
+
+def test_cam_exports_to_onnx_as_second_output(cm, tmp_path):
+    """The head is part of the graph: tf2onnx keeps both outputs, names and values."""
+    import onnxruntime as ort
+    import tensorflow as tf
+    from conftest import require_module
+
+    tf2onnx = require_module("tf2onnx")
+    m = cm.build_classifier(cm.DEFAULT_ARCH, 64)
+    m.get_layer("cam_head").bias.assign(np.array([0.1, -0.4, 0.2], np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 64, 64, 1), tf.float32, name="image")])
+    def serve(image):
+        probs, cam = m(image, training=False)
+        return {"probabilities": probs, "cam": cam}
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=17)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sorted(o.name for o in sess.get_outputs()) == ["cam", "probabilities"]
+    x = np.random.default_rng(2).random((2, 64, 64, 1), dtype=np.float32)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": x}), strict=True))
+    want = serve(tf.constant(x))
+    for k in ("probabilities", "cam"):
+        np.testing.assert_allclose(got[k], want[k].numpy(), atol=1e-4)

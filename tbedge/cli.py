@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-train_app = typer.Typer(help="Train the lung model or the TB classifier (needs the [build] extra).",
+train_app = typer.Typer(help="Train the lung model or the TB classifier (needs the build extra).",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 console = Console(stderr=True)
@@ -164,7 +164,83 @@ def train_lungs(
     print(f"best val Dice {state['best']:.4f} at epoch {state['best_epoch'] + 1}; model {out / 'best.keras'}")
 
 
-eval_app = typer.Typer(help="Evaluate models on real data (needs the [build] extra).", no_args_is_help=True)
+@app.command("build-engine")
+def build_engine(
+    model: Path = typer.Argument(None, help="fp32 bundle dir, or a dir with lungs.keras + classifier.keras."),
+    default: bool = typer.Option(False, "--default", help="Build from the shipped models."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8"),
+    target: str = typer.Option("cpu", "--target", help="cpu | tensorrt"),
+    calibration: Path = typer.Option(None, "--calibration", help="Calibration set (tbedge calibration-set)."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
+    data: Path = DATA,
+    threads: int = THREADS,
+    allow_gate_failure: bool = typer.Option(False, "--allow-gate-failure",
+                                            help="Keep a build that fails the accuracy gate (recorded)."),
+):
+    """Keras/ONNX -> fp32/fp16/int8 (+ TensorRT plans) in a verified bundle, with an accuracy gate.
+
+    Example: tbedge build-engine --default --precision int8 --target cpu --out engines/int8
+    """
+    import json
+
+    from .build.bundle_writer import build_engine as run
+
+    if model is None and not default:
+        raise UserError("give a MODEL or --default")
+    summary = run(model, default, precision, target, calibration, out, data, threads, allow_gate_failure,
+                  progress=lambda msg: console.print(msg, markup=False, highlight=False))
+    print(json.dumps(summary, indent=1, default=str))
+
+
+@app.command("calibration-set")
+def calibration_set(
+    out: Path = typer.Option(..., "--out", help="Directory for the tensors and their manifest."),
+    engine: Path = ENGINE,
+    data: Path = DATA,
+    classifier_size: int = typer.Option(224, "--classifier-size", help="Classifier input size."),
+    per_stratum: int = typer.Option(16, "--per-stratum", help="Images per (site, class)."),
+    threads: int = THREADS,
+):
+    """Pick representative real images (calib part only), preprocess them, store tensors + hash.
+
+    Example: tbedge calibration-set --out calib/
+    """
+    import json
+
+    from .build.bundle_writer import calibration_set as run
+
+    print(json.dumps(run(engine, out, data, classifier_size, per_stratum, threads), indent=1, default=str))
+
+
+@app.command()
+def bench(
+    images: list[str] = typer.Argument(None, help="Image folder(s) or files (default: synthetic phantoms)."),
+    engine: list[Path] = typer.Option(None, "--engine", help="Bundle(s) to compare (repeatable)."),
+    backend: str = BACKEND,
+    precision: str = typer.Option(None, "--precision", help="e.g. int8, fp32,int8 or all (sibling bundles)."),
+    batch: int = BATCH,
+    threads: int = THREADS,
+    duration: float = typer.Option(None, "--duration", help="Seconds per configuration and round."),
+    iterations: int = typer.Option(None, "--iterations", help="Images per configuration and round."),
+    warmup: int = typer.Option(16, "--warmup", help="Warm-up images."),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds (medians are reported)."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the naive Keras baseline."),
+    json_path: Path = typer.Option(None, "--json", help="Write the full report as JSON."),
+):
+    """Throughput and latency per stage, model-only speed, efficiency, peak RSS, vs a Keras baseline.
+
+    Example: tbedge bench ../shared/data/shenzhen_montgomery_512/images --json out.json
+    """
+    from .edge.bench import bench as run
+    from .edge.bench import print_report
+
+    rep = run(images or None, engine or None, backend, precision, batch, threads, duration, iterations, warmup,
+              rounds, json_path, progress=lambda label: console.print(label, markup=False, highlight=False),
+              baseline=not no_baseline)
+    print_report(rep)
+
+
+eval_app = typer.Typer(help="Evaluate models on real data (needs the build extra).", no_args_is_help=True)
 app.add_typer(eval_app, name="evaluate")
 
 
@@ -195,10 +271,21 @@ USER_ERRORS: tuple = (FileNotFoundError, NotADirectoryError, PermissionError, Us
 
 
 def _user_errors() -> tuple:
+    from .edge.bench import BenchError
     from .edge.bundle import BundleError
     from .schema import TbedgeInputError
 
-    return (*USER_ERRORS, BundleError, TbedgeInputError)
+    errors = (*USER_ERRORS, BundleError, TbedgeInputError, BenchError)
+    try:  # build errors are the user's to fix (a failed gate, a bad model); needs the [build] extra
+        from .build.bundle_writer import BuildError
+        from .build.export import ExportParityError
+        from .build.gate import GateFailure
+        from .calibration.sets import CalibrationSetError
+
+        errors += (BuildError, ExportParityError, GateFailure, CalibrationSetError)
+    except ImportError:
+        pass
+    return errors
 
 
 def main(argv: list[str] | None = None) -> int:

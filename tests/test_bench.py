@@ -176,3 +176,10 @@ def test_stats_and_medians_keep_order():
     assert med["s"] == "x"
     assert [med["a"][k] for k in ORDER] == sorted(med["a"][k] for k in ORDER)
     assert med["a"]["max"] == 13.0
+
+
+def test_slice_budgets():
+    assert B.slice_budgets(None, 10.0, 4, 8) == [(None, 2.5)] * 4
+    assert B.slice_budgets(4, None, 4, 2) == [(2, None)] * 2  # whole batches, never below one
+    assert B.slice_budgets(100, None, 4, 8) == [(32, None)] * 4  # at least the asked-for 100 in all
+    assert B.slice_budgets(3, 5.0, 4, 8) == [(8, 5.0)]

@@ -111,11 +111,10 @@ def run_baseline_child(cfg: dict) -> dict:
 
     def keep(r: schema.Result) -> None:
         if r.status == schema.STATUS_OK and not kept:
-            img = cv2.imread(r.input, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
-            kept.append(img)
+            kept.append(cv2.imread(r.input, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0)
 
-    stream = bench.measure_stream(pipe.run, cfg["images"], max(1, cfg["warmup"]), cfg["iterations"],
-                                  cfg["duration_s"], on_warm=keep)
+    stream = bench.StreamMeter(pipe.run, cfg["images"])
+    stream.warm(max(1, cfg["warmup"]), on_item=keep)
     if not kept:
         raise bench.BenchError("no warm-up image scored ok in the baseline")
     img = kept[0]
@@ -123,9 +122,11 @@ def run_baseline_child(cfg: dict) -> dict:
     box = L.analyse(pipe.predict_lungs(x_l)[0, ..., 0], img.shape).box
     x_c = L.crop(img, box, pipe.cls_size)[None, ..., None]
     # Its model-only figure: the same per-image predict calls, on pre-made tensors.
-    model_only = bench.measure_models({"lungs": pipe.predict_lungs, "classifier": pipe.predict_classifier},
-                                      {"lungs": x_l, "classifier": x_c}, cfg["iterations"], cfg["duration_s"])
-    return bench.finish_child_result(res, stream, model_only)
+    models = bench.ModelMeter({"lungs": pipe.predict_lungs, "classifier": pipe.predict_classifier},
+                              {"lungs": x_l, "classifier": x_c})
+    models.warm()
+    e2e, model_only = bench.measure_interleaved(stream, models, cfg)
+    return bench.finish_child_result(res, e2e, model_only)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -362,10 +362,18 @@ def _build_into(stage, work, lungs_src, classifier_src, precision, target, calib
 
 def build_plans_for(stage: Path, models: dict, precision: str, opt_batch: int, max_batch: int,
                     say: ProgressFn) -> dict:
-    import tensorrt as trt  # noqa: PLC0415 - only reached where TensorRT exists
-
     from . import tensorrt as T
 
+    for r in ROLES:
+        q = models[r].get("quantization")
+        if q and q.get("form") != "tensorrt":
+            raise BuildError(f"the int8 {r} model is the {q.get('form')} Q/DQ form, which TensorRT does not "
+                             "take: rebuild from the fp32 bundle with --target tensorrt")
+    try:
+        import tensorrt as trt  # noqa: PLC0415
+    except ImportError as e:
+        raise BuildError("TensorRT is not installed on this host: add the plans on the target device "
+                         "(JetPack ships TensorRT)") from e
     dev = T.device_info()
     plans = {}
     cache = stage.parent / ".tbedge-trt-timing.cache"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnx
@@ -51,7 +52,9 @@ def to_fp16(src: str | Path, out: str | Path) -> Path:
     """fp16 weights and compute, fp32 inputs/outputs (so runners and the manifest spec are unchanged)."""
     from onnxconverter_common import float16
 
-    proto = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True)
+    with warnings.catch_warnings():  # one warning per tiny weight clamped to fp16's range: noise
+        warnings.simplefilter("ignore", UserWarning)
+        proto = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True)
     onnx.checker.check_model(proto)
     return _save(proto, Path(out))
 

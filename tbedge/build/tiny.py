@@ -6,8 +6,10 @@ modules share one TensorFlow export.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -41,6 +43,7 @@ def tiny_lungs(size: int = TINY_SIZE):
 @functools.cache
 def tiny_keras_files() -> tuple[Path, Path]:
     d = Path(tempfile.mkdtemp(prefix="tbedge-tiny-"))
+    atexit.register(shutil.rmtree, d, True)
     lungs, cls = d / "lungs.keras", d / "classifier.keras"
     tiny_lungs().save(lungs)
     tiny_classifier().save(cls)

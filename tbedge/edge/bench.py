@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -313,59 +313,86 @@ def collect_images(images: Sequence[str | Path] | None, tmp: Path | None = None,
 
 
 # -- measurement (runs in the child) -------------------------------------------------------
-def _cycle(images: Sequence, n: int) -> Iterator:
-    for i in range(n):
-        yield images[i % len(images)]
+def slice_budgets(iterations: int | None, duration_s: float | None, slices: int,
+                  batch: int = 1) -> list[tuple[int | None, float | None]]:
+    """Split the measured phase into ``slices`` (images, seconds) budgets.
 
-
-def measure_stream(process: Callable[[Iterable[str]], Iterable], images: Sequence[str],
-                   warmup: int, iterations: int | None, duration_s: float | None,
-                   on_warm: Callable[[object], None] | None = None,
-                   result_of: Callable[[object], schema.Result] = lambda x: x) -> dict:
-    """Run ``process`` (paths -> items, in order) over ``images`` cycled; return e2e figures.
-
-    ``result_of`` maps an item to its Result; ``on_warm`` sees every warm-up item (not kept here).
-
-    trtexec semantics: the measured phase lasts at least ``iterations`` images and at least
-    ``duration_s`` seconds (None: no bound of that kind). Latency of an image runs from the moment
-    ``process`` pulls its path to the moment its result comes out, so it includes queueing.
+    The e2e and model-only phases alternate slice by slice, so a change of load from other processes
+    during the run hits both alike and their ratio (efficiency) stays meaningful. Image budgets are
+    rounded up to whole batches (at least one), so every slice runs full batches.
     """
-    if iterations is None and duration_s is None:
-        raise ValueError("give iterations or duration_s")
-    for item in process(_cycle(images, max(0, warmup))):
-        if on_warm:
-            on_warm(item)
-    pulled: list[float] = []
-    t_start = time.perf_counter()
+    n = max(1, int(slices))
+    if iterations is not None:
+        per = max(batch, math.ceil(math.ceil(iterations / n) / batch) * batch)
+        n = max(1, min(n, math.ceil(iterations / per)))
+    it = None if iterations is None else per
+    return [(it, None if duration_s is None else duration_s / n)] * n
 
-    def feed():
-        i = 0
-        while ((iterations is not None and i < iterations)
-               or (duration_s is not None and time.perf_counter() - t_start < duration_s)):
-            pulled.append(time.perf_counter())
-            yield str(images[i % len(images)])
-            i += 1
 
-    e2e: list[float] = []
-    service: list[float] = []
-    stages: dict[str, list[float]] = {s: [] for s in schema.STAGES}
-    status: Counter = Counter()
-    for k, item in enumerate(process(feed())):
-        r = result_of(item)
-        e2e.append((time.perf_counter() - pulled[k]) * 1e3)
-        status[r.status if r.status == schema.STATUS_OK else f"{r.status}:{r.reason}"] += 1
-        if r.status != schema.STATUS_OK:
-            continue
-        for s in schema.STAGES:
-            if s in r.timing_ms:
-                stages[s].append(r.timing_ms[s])
-        service.append(sum(r.timing_ms.get(s, 0.0) for s in schema.STAGES))
-    wall = time.perf_counter() - t_start
-    n = len(e2e)
-    return {"images": n, "wall_s": wall, "throughput_ips": n / wall if wall > 0 else 0.0,
-            "status_counts": dict(status),
-            "latency_ms": {"e2e": latency_stats(e2e), "service": latency_stats(service),
-                           "stages": {s: latency_stats(v) for s, v in stages.items()}}}
+def _go_on(done: int, t_start: float, iterations: int | None, duration_s: float | None) -> bool:
+    # trtexec semantics: at least ``iterations`` and at least ``duration_s`` (None: no such bound).
+    return ((iterations is not None and done < iterations)
+            or (duration_s is not None and time.perf_counter() - t_start < duration_s))
+
+
+class StreamMeter:
+    """End-to-end figures of ``process`` (paths -> items, in input order) over ``images`` cycled.
+
+    ``result_of`` maps an item to its Result. Latency of an image runs from the moment ``process``
+    pulls its path to the moment its item comes out, so it includes queueing behind the batch.
+    """
+
+    def __init__(self, process: Callable[[Iterable[str]], Iterable], images: Sequence[str | Path],
+                 result_of: Callable[[object], schema.Result] = lambda x: x):
+        if not images:
+            raise BenchError("no images to measure")
+        self.process, self.images, self.result_of = process, [str(i) for i in images], result_of
+        self.cursor = 0
+        self.wall = 0.0
+        self.e2e: list[float] = []
+        self.service: list[float] = []
+        self.stages: dict[str, list[float]] = {st: [] for st in schema.STAGES}
+        self.status: Counter = Counter()
+
+    def _next_path(self) -> str:
+        p = self.images[self.cursor % len(self.images)]
+        self.cursor += 1
+        return p
+
+    def warm(self, n: int, on_item: Callable[[object], None] | None = None) -> None:
+        for item in self.process(self._next_path() for _ in range(max(0, n))):
+            if on_item:
+                on_item(item)
+
+    def run(self, iterations: int | None, duration_s: float | None) -> None:
+        if iterations is None and duration_s is None:
+            raise ValueError("give iterations or duration_s")
+        pulled: list[float] = []
+        t_start = time.perf_counter()
+
+        def feed():
+            while _go_on(len(pulled), t_start, iterations, duration_s):
+                pulled.append(time.perf_counter())
+                yield self._next_path()
+
+        for k, item in enumerate(self.process(feed())):
+            r = self.result_of(item)
+            self.e2e.append((time.perf_counter() - pulled[k]) * 1e3)
+            self.status[r.status if r.status == schema.STATUS_OK else f"{r.status}:{r.reason}"] += 1
+            if r.status != schema.STATUS_OK:
+                continue
+            for st in schema.STAGES:
+                if st in r.timing_ms:
+                    self.stages[st].append(r.timing_ms[st])
+            self.service.append(sum(r.timing_ms.get(st, 0.0) for st in schema.STAGES))
+        self.wall += time.perf_counter() - t_start
+
+    def summary(self) -> dict:
+        n = len(self.e2e)
+        return {"images": n, "wall_s": self.wall, "throughput_ips": n / self.wall if self.wall > 0 else 0.0,
+                "status_counts": dict(self.status),
+                "latency_ms": {"e2e": latency_stats(self.e2e), "service": latency_stats(self.service),
+                               "stages": {st: latency_stats(v) for st, v in self.stages.items()}}}
 
 
 def _device_timings(runner) -> dict[str, float] | None:
@@ -380,40 +407,59 @@ def _device_timings(runner) -> dict[str, float] | None:
     return {k: float(t[k]) for k in ("h2d", "compute", "d2h") if k in t}
 
 
-def measure_models(models: dict[str, Callable[[np.ndarray], object]], inputs: dict[str, np.ndarray],
-                   iterations: int | None, duration_s: float | None, warmup_batches: int = 2,
-                   runners: dict | None = None) -> dict:
-    """The models back to back on pre-made batches: {role: fn(x)} in order, same batch for each.
+class ModelMeter:
+    """The models back to back on pre-made batches: {role: fn(x)} in order, one batch per role.
 
-    ``iterations`` counts images (rounded up to whole batches), as in :func:`measure_stream`.
+    ``runners`` ({role: Runner}) are only read for device timings (:func:`_device_timings`).
+    Budgets count images, as in :class:`StreamMeter`.
     """
-    batch = len(next(iter(inputs.values())))
-    for _ in range(warmup_batches):
-        for role, fn in models.items():
-            fn(inputs[role])
-    per: dict[str, list[float]] = {role: [] for role in models}
-    both: list[float] = []
-    dev: dict[str, dict[str, list[float]]] = {role: {} for role in models}
-    n_batches = 0
-    t_start = time.perf_counter()
-    while ((iterations is not None and n_batches * batch < iterations)
-           or (duration_s is not None and time.perf_counter() - t_start < duration_s)):
-        t0 = time.perf_counter()
-        for role, fn in models.items():
-            t1 = time.perf_counter()
-            fn(inputs[role])
-            per[role].append((time.perf_counter() - t1) * 1e3)
-            d = _device_timings((runners or {}).get(role))
-            for k, v in (d or {}).items():
-                dev[role].setdefault(k, []).append(v)
-        both.append((time.perf_counter() - t0) * 1e3)
-        n_batches += 1
-    wall = time.perf_counter() - t_start
-    gpu = {role: {k: latency_stats(v) for k, v in d.items()} for role, d in dev.items() if d}
-    return {"batch": batch, "images": n_batches * batch, "wall_s": wall,
-            "throughput_ips": n_batches * batch / wall if wall > 0 else 0.0,
-            "latency_ms": {"per_batch": latency_stats(both), **{r: latency_stats(v) for r, v in per.items()}},
-            "device_ms": gpu or None}
+
+    def __init__(self, models: dict[str, Callable[[np.ndarray], object]], inputs: dict[str, np.ndarray],
+                 runners: dict | None = None):
+        self.models, self.inputs, self.runners = models, inputs, runners or {}
+        self.batch = len(next(iter(inputs.values())))
+        self.per: dict[str, list[float]] = {role: [] for role in models}
+        self.both: list[float] = []
+        self.dev: dict[str, dict[str, list[float]]] = {role: {} for role in models}
+        self.images = 0
+        self.wall = 0.0
+
+    def warm(self, batches: int = 2) -> None:
+        for _ in range(batches):
+            for role, fn in self.models.items():
+                fn(self.inputs[role])
+
+    def run(self, iterations: int | None, duration_s: float | None) -> None:
+        done = 0
+        t_start = time.perf_counter()
+        while _go_on(done, t_start, iterations, duration_s):
+            t0 = time.perf_counter()
+            for role, fn in self.models.items():
+                t1 = time.perf_counter()
+                fn(self.inputs[role])
+                self.per[role].append((time.perf_counter() - t1) * 1e3)
+                for k, v in (_device_timings(self.runners.get(role)) or {}).items():
+                    self.dev[role].setdefault(k, []).append(v)
+            self.both.append((time.perf_counter() - t0) * 1e3)
+            done += self.batch
+        self.images += done
+        self.wall += time.perf_counter() - t_start
+
+    def summary(self) -> dict:
+        gpu = {role: {k: latency_stats(v) for k, v in d.items()} for role, d in self.dev.items() if d}
+        return {"batch": self.batch, "images": self.images, "wall_s": self.wall,
+                "throughput_ips": self.images / self.wall if self.wall > 0 else 0.0,
+                "latency_ms": {"per_batch": latency_stats(self.both),
+                               **{r: latency_stats(v) for r, v in self.per.items()}},
+                "device_ms": gpu or None}
+
+
+def measure_interleaved(stream: StreamMeter, models: ModelMeter, cfg: dict) -> tuple[dict, dict]:
+    """Alternate e2e and model-only slices (see :func:`slice_budgets`); return both summaries."""
+    for it, dur in slice_budgets(cfg["iterations"], cfg["duration_s"], cfg.get("slices", 4), models.batch):
+        stream.run(it, dur)
+        models.run(it, dur)
+    return stream.summary(), models.summary()
 
 
 def peak_rss_mb() -> float:
@@ -435,7 +481,6 @@ def run_pipeline_child(cfg: dict) -> dict:
     from . import lungs as L
     from .pipeline import Pipeline
 
-    images = cfg["images"]
     res = {"kind": "pipeline", "label": cfg["label"], "batch": cfg["batch"], "threads": cfg["threads"]}
     with Pipeline(cfg["bundle"], backend=cfg["backend"], batch=cfg["batch"], threads=cfg["threads"]) as pipe:
         b = pipe.bundle
@@ -454,16 +499,17 @@ def run_pipeline_child(cfg: dict) -> dict:
                 kept["lungs"].append(L.preprocess(s.image.pixels, sizes["lungs"]))
                 kept["classifier"].append(L.crop(s.image.pixels, s.lungs.box, sizes["classifier"])[..., None])
 
-        warm_n = max(cfg["warmup"], pipe.batch)  # at least one full batch feeds the model inputs
-        stream = measure_stream(pipe.run, images, warm_n, cfg["iterations"], cfg["duration_s"],
-                                on_warm=keep, result_of=lambda s: s.result)
+        stream = StreamMeter(pipe.run, cfg["images"], result_of=lambda s: s.result)
+        stream.warm(max(cfg["warmup"], pipe.batch), on_item=keep)  # >= one full batch of model inputs
         if not kept["lungs"]:
             raise BenchError("no warm-up image scored ok; cannot make the model-only inputs")
         made = {role: np.stack([v[i % len(v)] for i in range(pipe.batch)]) for role, v in kept.items()}
         names = {role: b.entry(role)["input"]["name"] for role in ROLES}
         fns = {role: (lambda x, role=role: pipe.runners[role].infer({names[role]: x})) for role in ROLES}
-        model_only = measure_models(fns, made, cfg["iterations"], cfg["duration_s"], runners=pipe.runners)
-    return finish_child_result(res, stream, model_only)
+        models = ModelMeter(fns, made, runners=pipe.runners)
+        models.warm()
+        e2e, model_only = measure_interleaved(stream, models, cfg)
+    return finish_child_result(res, e2e, model_only)
 
 
 def child_main(argv: list[str] | None = None, run: Callable[[dict], dict] = run_pipeline_child) -> int:
@@ -541,13 +587,14 @@ def bench(images: Sequence[str | Path] | None = None, engines: Sequence[str | Pa
           duration_s: float | None = None, iterations: int | None = None, warmup: int = 16,
           rounds: int = 3, json_path: str | Path | None = None,
           progress: Callable[[str], None] | None = None, baseline: bool = True,
-          keras_dir: str | Path | None = None, timeout_s: float = 900.0) -> dict:
+          keras_dir: str | Path | None = None, slices: int = 4, timeout_s: float = 900.0) -> dict:
     """Benchmark bundles (and the naive Keras baseline) on ``images``; returns the report dict.
 
     ``engines``: bundle dirs (None entries = the shipped default); ``precision`` selects sibling
     bundles (see :func:`resolve_engines`). ``duration_s`` / ``iterations``: minimum length of each
     measured phase (default 10 s); ``warmup``: images scored before measuring. ``rounds``: each
-    configuration runs once per round in its own process, interleaved. ``progress(label)`` is
+    configuration runs once per round in its own process, interleaved; inside a run, the e2e and
+    model-only phases alternate in ``slices`` slices. ``progress(label)`` is
     called after every child run (``rounds * (len(resolve_engines(...)) + baseline)`` calls).
     ``keras_dir`` holds lungs.keras and classifier.keras for the baseline (default: shipped).
     """
@@ -560,7 +607,7 @@ def bench(images: Sequence[str | Path] | None = None, engines: Sequence[str | Pa
     with tempfile.TemporaryDirectory(prefix="tbedge-bench-") as tmp:
         files = [str(p) for p in collect_images(images, Path(tmp))]
         common = {"batch": int(batch), "threads": int(threads), "images": files, "warmup": int(warmup),
-                  "iterations": iterations, "duration_s": duration_s, "backend": backend}
+                  "iterations": iterations, "duration_s": duration_s, "backend": backend, "slices": int(slices)}
         configs, seen = [], Counter()
         for bp in bundles:
             prec = bundle_precisions(_manifest(bp), "tensorrt" if backend == "tensorrt" else "onnxruntime")
@@ -594,7 +641,8 @@ def bench(images: Sequence[str | Path] | None = None, engines: Sequence[str | Pa
         # Image names are not recorded: public-set names are patient-level IDs.
         "settings": {"images": len(files), "image_source": _describe_source(images),
                      "backend": backend, "precision": precision, "batch": batch, "threads": threads,
-                     "duration_s": duration_s, "iterations": iterations, "warmup": warmup, "rounds": rounds},
+                     "duration_s": duration_s, "iterations": iterations, "warmup": warmup, "rounds": rounds,
+                     "slices": slices},
         "configs": [summarise(c["label"], "pipeline", results[c["label"]]) for c in configs],
     }
     if base_cfg:

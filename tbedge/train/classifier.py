@@ -263,8 +263,10 @@ def _classifier_fn(model_path: str | Path):
         runner.activate()
         size = int(runner.inputs()[0].shape[1])
 
-        def run(x):
-            return runner.infer({"image": x.astype(np.float32)[..., None] / 255.0})["probabilities"]
+        def run(x, batch=32):
+            outs = [runner.infer({"image": x[i:i + batch].astype(np.float32)[..., None] / 255.0})["probabilities"]
+                    for i in range(0, len(x), batch)]
+            return np.concatenate(outs) if outs else np.zeros((0, len(CLASS_NAMES)), np.float32)
         return run, size
     import keras
 

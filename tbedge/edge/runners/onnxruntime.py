@@ -30,6 +30,8 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
+        # Spinning worker threads steal the cores that decode and crop need on small CPUs.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         src = self.model if isinstance(self.model, bytes) else str(self.model)
         self.session = ort.InferenceSession(src, so, providers=self.providers)

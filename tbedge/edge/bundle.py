@@ -140,19 +140,17 @@ def verify_bundle(b: Bundle) -> None:
 
 
 def check_plan_device(b: Bundle, trt_version: str, compute_capability: str, gpu_name: str = "") -> None:
-    """Refuse plans built for another TensorRT version or GPU architecture."""
+    """Refuse plans built for another TensorRT version or GPU (the rule lives in runners.tensorrt)."""
+    from .runners.tensorrt import PlanCompatError, check_plan_compat  # pure code; TensorRT stays unimported
+
     for role in ROLES:
         p = b.plan(role)
         if not p:
-            raise BundleError(f"bundle {b.path} has no TensorRT plan for {role}; "
-                              + REBUILD_HINT.format(out=b.path))
-        if p["trt_version"] != trt_version:
-            raise BundleError(f"{role} plan was built with TensorRT {p['trt_version']}, this host runs "
-                              f"{trt_version}; " + REBUILD_HINT.format(out=b.path))
-        if str(p["compute_capability"]) != str(compute_capability):
-            raise BundleError(f"{role} plan was built for compute capability {p['compute_capability']} "
-                              f"({p.get('gpu_name', '?')}), this GPU is {compute_capability} ({gpu_name}); "
-                              + REBUILD_HINT.format(out=b.path))
+            raise BundleError(f"bundle {b.path} has no TensorRT plan for {role}; " + REBUILD_HINT.format(out=b.path))
+        try:
+            check_plan_compat(p, trt_version, compute_capability, out=str(b.path))
+        except PlanCompatError as e:
+            raise BundleError(f"{role} {e}" + (f" [{gpu_name}]" if gpu_name else "")) from e
 
 
 def write_manifest(path: str | Path, manifest: dict) -> None:

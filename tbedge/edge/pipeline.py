@@ -146,24 +146,39 @@ class Pipeline:
         res.timing_ms["preprocess"] = _ms(t1)
         return item
 
-    def _infer_batch(self, role: str, items: list[_Item], x: np.ndarray) -> dict[str, np.ndarray] | None:
+    def _infer_batch(self, role: str, x: np.ndarray) -> list[dict[str, np.ndarray] | Exception]:
+        """Per-item outputs for a batch; when the batch fails, retry items one by one so one bad
+        input fails alone (its stage is then named in its result) and the others are scored."""
         name = self.bundle.entry(role)["input"]["name"]
-        return self.runners[role].infer({name: x})
+        runner = self.runners[role]
+        try:
+            out = runner.infer({name: x})
+            return [{k: v[i] for k, v in out.items()} for i in range(len(x))]
+        except Exception as e:  # noqa: BLE001
+            if len(x) == 1:
+                return [e]
+        items: list = []
+        for i in range(len(x)):
+            try:
+                out = runner.infer({name: x[i:i + 1]})
+                items.append({k: v[0] for k, v in out.items()})
+            except Exception as e:  # noqa: BLE001
+                items.append(e)
+        return items
 
     def _segment(self, items: list[_Item]) -> None:
         live = [it for it in items if it.result.status == schema.STATUS_OK]
         if not live:
             return
         t0 = time.perf_counter()
-        try:
-            heat = self._infer_batch("lungs", live, np.stack([it.lung_in for it in live]))["mask"][..., 0]
-        except Exception as e:  # noqa: BLE001
-            for it in live:
-                _fail(it.result, "segment", e)
-            return
+        outs = self._infer_batch("lungs", np.stack([it.lung_in for it in live]))
         per = _ms(t0) / len(live)
-        for it, h in zip(live, heat, strict=True):
+        for it, o in zip(live, outs, strict=True):
             it.result.timing_ms["segment"] = per
+            if isinstance(o, Exception):
+                _fail(it.result, "segment", o)
+                continue
+            h = o["mask"][..., 0]
             t1 = time.perf_counter()
             try:
                 it.lungs = L.analyse(h, it.image.pixels.shape)
@@ -179,31 +194,29 @@ class Pipeline:
         cams: dict[int, np.ndarray] = {}
         if live:
             t0 = time.perf_counter()
-            try:
-                out = self._infer_batch("classifier", live, np.stack([it.crop for it in live])[..., None])
-            except Exception as e:  # noqa: BLE001
-                for it in live:
-                    _fail(it.result, "classify", e)
-                out = None
-            if out is not None:
-                per = _ms(t0) / len(live)
-                thr = self.bundle.threshold
-                names = self.bundle.class_names
-                for it, p, cam in zip(live, out["probabilities"], out["cam"], strict=True):
-                    t1 = time.perf_counter()
-                    r = it.result
-                    r.timing_ms["classify"] = per
-                    probs = {n: float(v) for n, v in zip(names, p, strict=True)}
-                    r.class_probabilities = probs
-                    r.tb_probability = probs["tb"]
-                    r.tb_score = schema.tb_score(probs["tb"])
-                    r.threshold = thr
-                    r.triage = schema.triage_for(probs["tb"], thr, r.qa_flags)
-                    r.models = dict(self.models)
-                    r.lungs = schema.LungsInfo(list(it.lungs.box), round(it.lungs.qa.area_fraction, 4),
-                                               it.lungs.qa.to_dict())
-                    cams[id(it)] = cam
-                    r.timing_ms["postprocess"] = _ms(t1)
+            outs = self._infer_batch("classifier", np.stack([it.crop for it in live])[..., None])
+            per = _ms(t0) / len(live)
+            thr = self.bundle.threshold
+            names = self.bundle.class_names
+            for it, o in zip(live, outs, strict=True):
+                r = it.result
+                r.timing_ms["classify"] = per
+                if isinstance(o, Exception):
+                    _fail(r, "classify", o)
+                    continue
+                p, cam = o["probabilities"], o["cam"]
+                t1 = time.perf_counter()
+                probs = {n: float(v) for n, v in zip(names, p, strict=True)}
+                r.class_probabilities = probs
+                r.tb_probability = probs["tb"]
+                r.tb_score = schema.tb_score(probs["tb"])
+                r.threshold = thr
+                r.triage = schema.triage_for(probs["tb"], thr, r.qa_flags)
+                r.models = dict(self.models)
+                r.lungs = schema.LungsInfo(list(it.lungs.box), round(it.lungs.qa.area_fraction, 4),
+                                           it.lungs.qa.to_dict())
+                cams[id(it)] = cam
+                r.timing_ms["postprocess"] = _ms(t1)
         return [cams.get(id(it)) for it in items]
 
     # -- driver ----------------------------------------------------------------------------

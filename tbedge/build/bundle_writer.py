@@ -464,9 +464,11 @@ def _int8(work, stage, fp32, fp32_sha, sizes, target, calibration, data_root, th
 
 # -- the CLI's entry point ----------------------------------------------------------------
 def default_sources() -> tuple[Path, Path]:
+    # The shipped fp32 bundle is the source of every other build (the CPU default may be int8).
+    for b in (default_bundle_path().parent / "fp32", default_bundle_path()):
+        if (b / "manifest.json").is_file() and load_bundle(b).entry("lungs")["precision"] == "fp32":
+            return b, b
     b = default_bundle_path()
-    if (b / "manifest.json").is_file():
-        return b, b
     k = _keras_default_dir()
     lungs, cls = k / "lungs.keras", k / "classifier.keras"
     if lungs.is_file() and cls.is_file():

@@ -30,7 +30,7 @@ def _save_model(model, path: Path) -> None:
 
 def run_epochs(model, out: Path, epochs: int, batches: Callable[[int], Iterator[tuple]],
                steps: int, evaluate: Callable[[object], dict], monitor: str, patience: int = 0,
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, custom_objects: dict | None = None) -> dict:
     """Train ``model`` for up to ``epochs``, resuming from ``out/last.keras`` when present.
 
     ``batches(epoch)`` yields (x, y[, sample_weight]) for one epoch (seeded by epoch, so resume
@@ -45,7 +45,7 @@ def run_epochs(model, out: Path, epochs: int, batches: Callable[[int], Iterator[
     state = {"epoch": -1, "best": -np.inf, "best_epoch": -1, "history": []}
     if state_path.exists() and last.exists():
         state = json.loads(state_path.read_text())
-        model = keras.models.load_model(last)
+        model = keras.models.load_model(last, custom_objects=custom_objects)
         log(f"resuming after epoch {state['epoch'] + 1} (best {monitor}={state['best']:.4f})")
     start = state["epoch"] + 1
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

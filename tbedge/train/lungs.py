@@ -12,6 +12,7 @@ from ..datasets import NATIVE_TEST_STEMS, Sample, discover, split
 from ..edge import lungs as L
 from ..edge.imaging import load_image
 from .augment import photometric, random_affine, warp
+from .unet import bce_dice_loss
 
 
 def lung_parts(data: Path, exclude_site: str | None = None, seed: int = 0) -> dict[str, list[Sample]]:
@@ -70,15 +71,9 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
 
     model = build_unet(size, base)
 
-    def loss(y, p):
-        bce = keras.losses.binary_crossentropy(y, p)
-        inter = keras.ops.sum(y * p, axis=(1, 2, 3))
-        d = 1 - (2 * inter + 1) / (keras.ops.sum(y, axis=(1, 2, 3)) + keras.ops.sum(p, axis=(1, 2, 3)) + 1)
-        return keras.ops.mean(bce, axis=(1, 2)) + d
-
     steps = int(np.ceil(len(xtr) / batch))
     sched = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps * epochs, alpha=0.05)
-    model.compile(keras.optimizers.Adam(sched), loss=loss)
+    model.compile(keras.optimizers.Adam(sched), loss=bce_dice_loss)
 
     def batches(epoch):
         rng = np.random.default_rng([seed, epoch])
@@ -96,7 +91,9 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
     def evaluate(m):
         return {"val_dice": float(dice_scores(predict_heat(m, xva), yva, cleaned=False).mean())}
 
-    state = run_epochs(model, out, epochs, batches, steps, evaluate, "val_dice", patience, log)
+    # "loss" is the name the first checkpoints stored for this function.
+    state = run_epochs(model, out, epochs, batches, steps, evaluate, "val_dice", patience, log,
+                       custom_objects={"loss": bce_dice_loss, "bce_dice_loss": bce_dice_loss})
     (out / "config.json").write_text(json.dumps({"size": size, "base": base, "seed": seed, "epochs": epochs,
                                                  "batch": batch, "exclude_site": exclude_site}, indent=1))
     return state

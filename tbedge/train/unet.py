@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+def bce_dice_loss(y, p):
+    """Binary cross-entropy + soft Dice per image (module level so checkpoints reload)."""
+    import keras
+
+    bce = keras.losses.binary_crossentropy(y, p)
+    inter = keras.ops.sum(y * p, axis=(1, 2, 3))
+    d = 1 - (2 * inter + 1) / (keras.ops.sum(y, axis=(1, 2, 3)) + keras.ops.sum(p, axis=(1, 2, 3)) + 1)
+    return keras.ops.mean(bce, axis=(1, 2)) + d
+
+
 def build_unet(size: int = 256, base: int = 16, depth: int = 4, name: str = "tbedge_lungs"):
     import keras
     from keras import layers

@@ -1,0 +1,55 @@
+"""The shipped lung model on real images: Dice, native-resolution path, QA on non-radiographs."""
+
+import cv2
+import numpy as np
+import pytest
+
+from tbedge.datasets import NATIVE_TEST_STEMS, discover, fullres_native, split
+from tbedge.edge import lungs as L
+from tbedge.edge.bundle import load_bundle
+from tbedge.edge.imaging import load_image
+from tbedge.edge.runners.onnxruntime import OnnxRuntimeRunner
+
+
+@pytest.fixture(scope="module")
+def lung_runner():
+    b = load_bundle()
+    with OnnxRuntimeRunner(b.model_path("lungs"), threads=2) as r:
+        yield lambda img: r.infer({"image": L.preprocess(img)[None]})["mask"][0, ..., 0]
+
+
+def test_dice_on_held_out_test_patients(data_root, lung_runner):
+    test = [s for s in split(discover(data_root))["test"] if s.mask is not None][::3]
+    assert len(test) >= 30
+    d = []
+    for s in test:
+        img = load_image(s.path).pixels
+        gt = cv2.imread(str(s.mask), cv2.IMREAD_GRAYSCALE) > 127
+        lr = L.analyse(lung_runner(img), img.shape)
+        assert not lr.fallback, s.stem
+        d.append(L.dice(L.mask_to_native(lr.mask, img.shape), gt))
+    assert np.median(d) >= 0.95 and min(d) >= 0.85, (np.median(d), min(d))
+
+
+def test_full_native_path(data_root, lung_runner):
+    img = load_image(data_root / "shenzhen_fullres" / "images" / "normal" / "CHNCXR_0007_0.png").pixels
+    assert img.shape == (2320, 2306) or img.shape[0] > 2000
+    gt = cv2.imread(str(fullres_native(data_root)["CHNCXR_0007_0"]), cv2.IMREAD_GRAYSCALE) > 127
+    lr = L.analyse(lung_runner(img), img.shape)
+    assert L.dice(L.mask_to_native(lr.mask, img.shape), gt) >= 0.95
+    x0, y0, x1, y1 = lr.box  # the crop box lies at native resolution, around the lungs
+    ys, xs = np.nonzero(gt)
+    assert x0 <= xs.min() + 20 and x1 >= xs.max() - 20 and y0 <= ys.min() + 20 and y1 >= ys.max() - 20
+    assert "CHNCXR_0007_0" in NATIVE_TEST_STEMS  # never trained on
+
+
+def test_qa_flags_blank_and_real_photographs(lung_runner):
+    import skimage.data as skd  # a [dev] dependency: real photographs that ship with the package
+
+    blank = np.zeros((512, 512), np.float32)
+    assert L.analyse(lung_runner(blank), blank.shape).fallback
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        rgb = getattr(skd, name)()
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+        lr = L.analyse(lung_runner(gray), gray.shape)
+        assert lr.fallback, (name, lr.qa.to_dict())

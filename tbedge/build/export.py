@@ -6,10 +6,11 @@ Keras' by more than the tolerance, so a broken conversion never reaches a bundle
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from ..fsio import atomic_path
 
 OPSET = 17
 # Max abs difference allowed between Keras and ONNX Runtime outputs. 1e-4 was too tight for the real
@@ -55,11 +56,8 @@ def export_onnx(model, out: str | Path, opset: int = OPSET) -> Path:
     if got != sorted(names):
         raise ExportParityError(f"exported outputs {got} do not carry the Keras names {sorted(names)}")
     onnx.checker.check_model(proto)
-    tmp = out.with_suffix(".tmp.onnx")
-    onnx.save(proto, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        onnx.save(proto, tmp)
     return out
 
 

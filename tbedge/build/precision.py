@@ -26,6 +26,7 @@ from pathlib import Path
 import onnx
 
 from ..calibration.ranges import write_ort_cache
+from ..fsio import atomic_path
 
 PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("cpu", "tensorrt")
@@ -40,11 +41,8 @@ HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
 
 def _save(proto: onnx.ModelProto, out: Path) -> Path:
-    tmp = out.with_suffix(".tmp.onnx")
-    onnx.save(proto, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        onnx.save(proto, tmp)
     return out
 
 

@@ -11,9 +11,10 @@ plan is UNVERIFIED until a TensorRT host runs it (see docs/build-engine.md).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..fsio import atomic_write_bytes
 
 DEFAULT_OPT_BATCH = 8
 DEFAULT_MAX_BATCH = 32
@@ -120,20 +121,10 @@ def build_plan(onnx_path: str | Path, out: str | Path, profile: Profile,
     if serialized is None:
         raise TensorRTBuildError(f"TensorRT failed to build an engine from {onnx_path}")
     out = Path(out)
-    _atomic_write(out, bytes(serialized))
+    atomic_write_bytes(out, bytes(serialized))
     if cache is not None:
-        _atomic_write(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def tensorrt_available() -> bool:

@@ -21,13 +21,13 @@ manifest.json (format_version 1)::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..fsio import atomic_write_text, sha256_file  # noqa: F401 (sha256_file is re-exported)
 
 FORMAT_VERSION = 1
 ROLES = ("lungs", "classifier")
@@ -36,14 +36,6 @@ REBUILD_HINT = "rebuild with: tbedge build-engine --default --target tensorrt --
 
 class BundleError(Exception):
     """A bundle that must not be used, with the reason in words a technician can act on."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def default_bundle_path() -> Path:
@@ -158,12 +150,7 @@ def write_manifest(path: str | Path, manifest: dict) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     manifest = {"format_version": FORMAT_VERSION, **manifest}
-    tmp = path / "manifest.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path / "manifest.json")
+    atomic_write_text(path / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
 
 
 # -- self-test -----------------------------------------------------------------------------

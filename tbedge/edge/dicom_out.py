@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__ as TBEDGE_VERSION
-from .outputs import atomic_write_bytes, render_overlay
+from ..fsio import atomic_write_bytes
+from .outputs import render_overlay
 from .pipeline import Scored
 
 MANUFACTURER = "tbedge"

@@ -11,29 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..fsio import atomic_write_bytes
 from . import lungs as L
 from .pipeline import Scored
 
 OVERLAY_MAX_SIDE = 2048
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def write_png(path: str | Path, img: np.ndarray) -> None:

@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import schema
+from ..fsio import atomic_write_bytes, fsync_dir
+from ..fsio import sha256_file as _sha256
 from .journal import FINISHING_STATES, QUEUED_STATES, Journal
-from .outputs import atomic_write_bytes
 
 log = logging.getLogger("tbedge.watch")
 
@@ -62,25 +63,6 @@ def _is_disk_full(e: BaseException) -> bool:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
 
 
 # -- results index ----------------------------------------------------------------------------------------
@@ -492,8 +474,8 @@ class Watcher:
                         os.fsync(f.fileno())
                     os.replace(tmp, dest)
                     src.unlink()
-                _fsync_dir(dest.parent)
-                _fsync_dir(src.parent)
+                fsync_dir(dest.parent)
+                fsync_dir(src.parent)
         elif not dest.exists():
             log.warning("%s: the input disappeared before it could be moved", _tag(row))
         self.journal.advance(row["id"], "moved")

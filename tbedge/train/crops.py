@@ -8,9 +8,7 @@ when every sample is present. Keep caches outside the repository (e.g. /work/mai
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,15 +19,8 @@ import numpy as np
 from ..datasets import Sample, discover, loso_folds, split
 from ..edge import lungs as L
 from ..edge.imaging import load_image
+from ..fsio import atomic_path, sha256_file
 from ..schema import TbedgeInputError
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def lung_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -54,14 +45,8 @@ def lung_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _atomic_savez(dest: Path, /, **arrays) -> None:
-    path = dest
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def build_crop_cache(data: str | Path | list[Sample], lung_model, out: str | Path, size: int = 224,
@@ -103,7 +88,7 @@ def build_crop_cache(data: str | Path | list[Sample], lung_model, out: str | Pat
     keep = np.flatnonzero(ok)
     meta = {"size": size, "n": int(len(keep)), "skipped": int(n - len(keep)), "created": time.time(),
             "lung_model": str(lung_model) if isinstance(lung_model, (str, Path)) else "in-memory",
-            "lung_model_sha256": file_sha256(lung_model) if isinstance(lung_model, (str, Path)) else None,
+            "lung_model_sha256": sha256_file(lung_model) if isinstance(lung_model, (str, Path)) else None,
             "data": str(data) if isinstance(data, (str, Path)) else "samples",
             "fallback": int(fallback[keep].sum())}
 

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from ..fsio import atomic_path, atomic_write_text
 
 
 def _save_model(model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def run_epochs(model, out: Path, epochs: int, batches: Callable[[int], Iterator[tuple]],
@@ -70,7 +61,7 @@ def run_epochs(model, out: Path, epochs: int, batches: Callable[[int], Iterator[
                 _save_model(model, best)
             _save_model(model, last)
             state["epoch"] = epoch
-            _atomic_write(state_path, json.dumps(state, indent=1))
+            atomic_write_text(state_path, json.dumps(state, indent=1))
             with open(out / "log.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(state["history"][0]))
                 w.writeheader()

@@ -280,6 +280,23 @@ def train_classifier(
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 
+@train_app.command("threshold")
+def train_threshold(
+    predictions: list[Path] = typer.Argument(..., help="predictions.csv of each fold's site_val."),
+    output: Path = typer.Option(..., "--output", help="threshold.json to write (beside classifier.keras)."),
+    sensitivity: float = typer.Option(0.90, "--sensitivity", help="Target sensitivity."),
+):
+    """Lock the operating threshold on out-of-site validation predictions.
+
+    Example: tbedge train threshold ev/fold_sz/predictions.csv ev/fold_mc/predictions.csv --output t.json
+    """
+    import json
+
+    from .train.threshold import write_threshold
+
+    print(json.dumps(write_threshold(predictions, output, sensitivity), indent=1))
+
+
 eval_app = typer.Typer(help="Evaluate models on real data (needs the build extra).", no_args_is_help=True)
 app.add_typer(eval_app, name="evaluate")
 

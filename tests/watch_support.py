@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -103,51 +102,12 @@ def result_files(out: Path) -> list[Path]:
     return sorted(d.iterdir()) if d.is_dir() else []
 
 
-# -- a small JSON Schema validator (jsonschema is not a dependency) --------------------------------------
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+# -- the results schema -----------------------------------------------------------------------------------
+def schema_errors(value, schema: dict) -> list[str]:
+    import jsonschema
 
-
-def _is_type(v, t: str) -> bool:
-    if t == "number":
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if t == "integer":
-        return isinstance(v, int) and not isinstance(v, bool)
-    return isinstance(v, _TYPES[t])
-
-
-def schema_errors(value, schema: dict, where: str = "$") -> list[str]:
-    """Errors of ``value`` against the JSON Schema keywords tbedge's schema uses (type, enum, const,
-    required, properties, items, propertyNames, pattern, minimum, maximum)."""
-    errs: list[str] = []
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_is_type(value, t) for t in types):
-            return [f"{where}: {value!r} is not of type {types}"]
-    if "const" in schema and value != schema["const"]:
-        errs.append(f"{where}: {value!r} != const {schema['const']!r}")
-    if "enum" in schema and value not in schema["enum"]:
-        errs.append(f"{where}: {value!r} not in enum")
-    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
-        errs.append(f"{where}: {value!r} does not match {schema['pattern']}")
-    if _is_type(value, "number"):
-        if "minimum" in schema and value < schema["minimum"]:
-            errs.append(f"{where}: {value} < minimum {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errs.append(f"{where}: {value} > maximum {schema['maximum']}")
-    if isinstance(value, dict):
-        for k in schema.get("required", []):
-            if k not in value:
-                errs.append(f"{where}: missing required {k!r}")
-        for k, sub in schema.get("properties", {}).items():
-            if k in value:
-                errs += schema_errors(value[k], sub, f"{where}.{k}")
-        if "propertyNames" in schema:
-            for k in value:
-                errs += schema_errors(k, schema["propertyNames"], f"{where}<key {k!r}>")
-    if isinstance(value, list) and "items" in schema:
-        for i, v in enumerate(value):
-            errs += schema_errors(v, schema["items"], f"{where}[{i}]")
-    return errs
+    errors = jsonschema.Draft202012Validator(schema).iter_errors(value)
+    return [f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors]
 
 
 def validate_result(d: dict) -> None:
@@ -155,11 +115,6 @@ def validate_result(d: dict) -> None:
 
     errs = schema_errors(d, JSON_SCHEMA)
     assert not errs, errs
-    try:
-        import jsonschema
-    except ImportError:
-        return
-    jsonschema.validate(d, JSON_SCHEMA)
 
 
 # -- the exactly-once outcome ----------------------------------------------------------------------------

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Turn the study's chosen runs into the shipped models and bundles (run after scripts/study.sh).
+# Usage: scripts/ship.sh CLASSIFIER_RUN FOLD_RUN...   e.g. scripts/ship.sh runs/cls/resnet_s_s0 \
+#          runs/cls/fold_shenzhen_s0 runs/cls/fold_montgomery_s0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=${DATA:-../shared/data}
+R=${RUNS:-runs}
+K=tbedge/models/keras
+cls_run=$1; shift
+mkdir -p "$K"
+strip() {  # weights + architecture only: no optimizer state in the package
+  python -c "import sys, keras; from tbedge.build.export import load_keras; load_keras(sys.argv[1]).save(sys.argv[2])" "$1" "$2"
+}
+strip "$R/lungs_main/best.keras" "$K/lungs.keras"
+strip "$cls_run/best.keras" "$K/classifier.keras"
+# The threshold: out-of-site predictions only (each fold model on the site it never saw, site_val part).
+preds=()
+for f in "$@"; do
+  fold=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['fold'])" "$f/config.json")
+  tbedge evaluate classifier "$f/best.keras" --data "$R/crops/no_${fold}_224.npz" --fold "$fold" \
+    --part site_val --out "$f/eval_site_val" >/dev/null
+  preds+=("$f/eval_site_val/predictions.csv")
+done
+tbedge train threshold "${preds[@]}" --output "$K/threshold.json" >/dev/null
+tbedge build-engine "$K" --precision fp32 --target cpu --out tbedge/models/fp32 --data "$D"
+tbedge calibration-set --engine tbedge/models/fp32 --out "$R/calib" --data "$D"
+tbedge build-engine tbedge/models/fp32 --precision int8 --target cpu --calibration "$R/calib" \
+  --out tbedge/models/default --data "$D"

@@ -346,6 +346,23 @@ def evaluate_classifier(
     print(json.dumps(rep, indent=1, default=str)[:4000])
 
 
+@eval_app.command("cam")
+def evaluate_cam(
+    data: Path = DATA,
+    engine: Path = ENGINE,
+    part: str = typer.Option("test", "--part", help="Split part of the TB films to check."),
+):
+    """How often the hottest TB heat-map point lies inside the ground-truth lungs (vs chance).
+
+    Example: tbedge evaluate cam --data ../shared/data
+    """
+    import json
+
+    from .train.cam_check import cam_hit_rate
+
+    print(json.dumps(cam_hit_rate(data, engine, part), indent=1))
+
+
 USER_ERRORS: tuple = (FileNotFoundError, NotADirectoryError, PermissionError, UserError)
 
 

@@ -39,7 +39,7 @@ def _backend(value: str) -> str:
 
 
 BACKEND = typer.Option("auto", "--backend", callback=_backend, help="auto | onnxruntime | tensorrt")
-BATCH = typer.Option(8, "--batch", min=1, help="Images per inference batch.")
+BATCH = typer.Option(0, "--batch", min=0, help="Images per inference batch (0 = auto: 1 on CPU, 8 on TensorRT).")
 THREADS = typer.Option(0, "--threads", min=0, help="Inference threads (0 = all cores).")
 DATA = typer.Option(Path("../shared/data"), "--data", help="Data folder (../shared/data layout or class folders).")
 
@@ -234,7 +234,7 @@ def bench(
     from .edge.bench import bench as run
     from .edge.bench import print_report
 
-    rep = run(images or None, engine or None, backend, precision, batch, threads, duration, iterations, warmup,
+    rep = run(images or None, engine or None, backend, precision, batch or 1, threads, duration, iterations, warmup,
               rounds, json_path, progress=lambda label: console.print(label, markup=False, highlight=False),
               baseline=not no_baseline)
     print_report(rep)

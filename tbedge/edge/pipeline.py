@@ -80,12 +80,13 @@ def make_runner(bundle: Bundle, role: str, backend: str, threads: int = 0):
 class Pipeline:
     """Holds the two runners; use as a context manager, then call :meth:`run`."""
 
-    def __init__(self, bundle: str | Path | Bundle | None = None, backend: str = "auto", batch: int = 8,
+    def __init__(self, bundle: str | Path | Bundle | None = None, backend: str = "auto", batch: int = 0,
                  threads: int = 0, decode_workers: int = 2, self_test: bool = True,
                  max_pixels: int | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = resolve_backend(self.bundle, backend)
-        self.batch = max(1, int(batch))
+        # 0 = auto: on a small CPU batch 1 measured fastest (tbedge bench, README); GPUs want batches.
+        self.batch = int(batch) if batch else (8 if self.backend == "tensorrt" else 1)
         self.threads = threads
         self.decode_workers = max(1, decode_workers)
         self.self_test = self_test

@@ -69,7 +69,7 @@ def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None, dicom_
 
 
 def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, backend: str = "auto",
-           batch: int = 8, threads: int = 0, overlays: Path | None = None, masks: Path | None = None,
+           batch: int = 0, threads: int = 0, overlays: Path | None = None, masks: Path | None = None,
            dicom_out: Path | None = None, progress=None) -> ScreenSummary:
     files, roots = expand_inputs(inputs)
     if not files:

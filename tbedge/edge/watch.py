@@ -179,7 +179,7 @@ class WatchConfig:
     out: Path
     engine: Path | None = None
     backend: str = "auto"
-    batch: int = 8
+    batch: int = 0
     threads: int = 0
     once: bool = False
     stable_seconds: float = 2.0
@@ -618,7 +618,7 @@ class Watcher:
             if self._rescan_due(now):
                 self._scan(now)
             self._register_ready(now)
-            rows = self.journal.in_states(QUEUED_STATES, limit=self.cfg.batch)
+            rows = self.journal.in_states(QUEUED_STATES, limit=self.pipe.batch if self.pipe else max(1, self.cfg.batch))
             if rows:
                 self._process_batch(rows)
             self._resume()
@@ -657,7 +657,7 @@ class Watcher:
             obs = self._start_observer()
             pending = self.journal.count(QUEUED_STATES + FINISHING_STATES)
             log.info("watching (%s backend, batch %d, %d unfinished entries from before)",
-                     self.pipe.backend, self.cfg.batch, pending)
+                     self.pipe.backend, self.pipe.batch, pending)
             tick = max(0.05, min(self.cfg.stable_seconds / 2, self.cfg.rescan_seconds, 1.0))
             while not self.stop.is_set():
                 worked = self._step()
@@ -691,7 +691,7 @@ def _setup_logging(out: Path) -> list[logging.Handler]:
 
 
 def watch(incoming: str | Path, out: str | Path, engine: str | Path | None = None, backend: str = "auto",
-          batch: int = 8, threads: int = 0, once: bool = False, stable_seconds: float = 2.0,
+          batch: int = 0, threads: int = 0, once: bool = False, stable_seconds: float = 2.0,
           rescan_seconds: float = 30.0, retention_days: int | None = 30, min_free_mb: float = 500.0,
           max_attempts: int = 3, archive_dir: str | Path | None = None,
           processed_dir: str | Path | None = None, dicom_out: bool = True,

@@ -137,7 +137,7 @@ class _Flaky:
     """Wraps a pipeline; makes chosen inputs fail in 'classify' for their first ``fails`` attempts."""
 
     def __init__(self, pipe, fails: dict[str, int]):
-        self.pipe, self.fails, self.backend = pipe, dict(fails), pipe.backend
+        self.pipe, self.fails, self.backend, self.batch = pipe, dict(fails), pipe.backend, pipe.batch
 
     def run(self, paths):
         for s in self.pipe.run(paths):

@@ -40,6 +40,14 @@ def tf_keras():
     return require_module("keras")
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tf_keras, tmp_path_factory) -> Path:
+    """A tiny, untrained model bundle (fast): same export, manifest and runtime path as the real one."""
+    from watch_support import get_tiny_bundle
+
+    return get_tiny_bundle(tmp_path_factory)
+
+
 @pytest.fixture
 def sm_images(data_root) -> Path:
     return data_root / "shenzhen_montgomery_512" / "images"

@@ -17,15 +17,10 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
-from watch_support import get_tiny_bundle, real_images
+from watch_support import real_images
 
 from tbedge.edge.dicom_out import write_dicom_outputs
 from tbedge.edge.pipeline import Pipeline
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tf_keras, tmp_path_factory) -> Path:
-    return get_tiny_bundle(tmp_path_factory)
 
 
 def make_cxr_dicom(png: Path, out: Path) -> Dataset:

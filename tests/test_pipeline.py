@@ -1,6 +1,5 @@
 """The pipeline: one result per input in order, batch-independent scores, named failures."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,14 +7,6 @@ import pytest
 
 from tbedge import schema
 from tbedge.edge.pipeline import Pipeline
-
-sys.path.insert(0, str(Path(__file__).parent))
-from watch_support import get_tiny_bundle  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tf_keras, tmp_path_factory):
-    return get_tiny_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from watch_support import get_tiny_bundle, real_images, schema_errors, validate_result
+from watch_support import real_images, schema_errors, validate_result
 
 from tbedge import schema
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tf_keras, tmp_path_factory) -> Path:
-    return get_tiny_bundle(tmp_path_factory)
 
 
 def _good() -> dict:

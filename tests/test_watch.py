@@ -17,7 +17,6 @@ import pytest
 from watch_support import (
     check_outcome,
     expected_reason,
-    get_tiny_bundle,
     place,
     prepare_inputs,
     real_images,
@@ -27,11 +26,6 @@ from watch_support import (
 from tbedge.edge import watch as W
 from tbedge.edge.journal import Journal
 from tbedge.edge.pipeline import Pipeline
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tf_keras, tmp_path_factory) -> Path:
-    return get_tiny_bundle(tmp_path_factory)
 
 
 def _populate(data_root: Path, incoming: Path, n: int = 12, dups: int = 2, bad: int = 1, seed: int = 0):

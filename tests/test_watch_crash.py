@@ -16,7 +16,6 @@ import pytest
 from watch_support import (
     check_outcome,
     expected_reason,
-    get_tiny_bundle,
     place,
     prepare_inputs,
     real_images,
@@ -25,11 +24,6 @@ from watch_support import (
 )
 
 FAST = ("--stable-seconds", "0.2", "--rescan-seconds", "0.3", "--batch", "8")
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tf_keras, tmp_path_factory) -> Path:
-    return get_tiny_bundle(tmp_path_factory)
 
 
 def _n_results(out: Path) -> int:

@@ -24,6 +24,9 @@ QA_MIN_BOX = (0.30, 0.25)  # width, height as fractions of the image
 QA_CENTRE_RANGE = (0.25, 0.75)
 QA_MIN_BALANCE = 0.08  # smaller lung / larger lung (a real collapsed TB lung measured 0.10)
 QA_MAX_UNCERTAIN = 0.35  # pixels with 0.2 < p < 0.8, relative to the mask area
+# Mean lung probability inside the cleaned mask: >= 0.951 on 99 % of the real films here, 0.82-0.91
+# on photographs (scikit-image's astronaut, coffee, cat, moon) where the shape alone can pass.
+QA_MIN_CONFIDENCE = 0.93
 
 
 def resize_area(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -87,6 +90,7 @@ class MaskQA:
     centre: tuple[float, float] | None  # bbox centre, fractions of width / height
     box_size: tuple[float, float] | None  # bbox width / height, fractions
     uncertain_fraction: float
+    confidence: float | None = None  # mean heat inside the mask
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -99,6 +103,7 @@ class MaskQA:
                 "centre": None if self.centre is None else [round(c, 3) for c in self.centre],
                 "box_size": None if self.box_size is None else [round(c, 3) for c in self.box_size],
                 "uncertain_fraction": round(self.uncertain_fraction, 4),
+                "confidence": None if self.confidence is None else round(self.confidence, 4),
                 "failures": list(self.failures)}
 
 
@@ -108,10 +113,12 @@ def mask_qa(mask: np.ndarray, heat: np.ndarray | None = None) -> MaskQA:
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     areas = sorted(stats[1:, cv2.CC_STAT_AREA].tolist(), reverse=True)
     balance = areas[1] / areas[0] if len(areas) >= 2 else None
-    uncertain = 0.0
+    uncertain, confidence = 0.0, None
     if heat is not None:
         unsure = float(((heat > 0.2) & (heat < 0.8)).sum())
         uncertain = unsure / max(area, 1.0)
+        if area:
+            confidence = float(heat[mask > 0].mean())
     centre = box = None
     fails = []
     if area == 0:
@@ -132,7 +139,9 @@ def mask_qa(mask: np.ndarray, heat: np.ndarray | None = None) -> MaskQA:
             fails.append("balance")
         if uncertain > QA_MAX_UNCERTAIN:
             fails.append("uncertain")
-    return MaskQA(area / (h * w), len(areas), balance, centre, box, uncertain, fails)
+        if confidence is not None and confidence < QA_MIN_CONFIDENCE:
+            fails.append("low_confidence")
+    return MaskQA(area / (h * w), len(areas), balance, centre, box, uncertain, confidence, fails)
 
 
 # -- boxes and crops ----------------------------------------------------------------------

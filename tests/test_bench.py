@@ -183,3 +183,23 @@ def test_slice_budgets():
     assert B.slice_budgets(4, None, 4, 2) == [(2, None)] * 2  # whole batches, never below one
     assert B.slice_budgets(100, None, 4, 8) == [(32, None)] * 4  # at least the asked-for 100 in all
     assert B.slice_budgets(3, 5.0, 4, 8) == [(8, 5.0)]
+
+
+TRTEXEC_SAMPLE = """  # noqa: E501 (trtexec output, verbatim shape)[I] === Performance summary ===
+[I] Throughput: 2143.51 qps
+[I] Latency: min = 0.52 ms, max = 0.91 ms, mean = 0.56 ms, median = 0.55 ms, percentile(90%) = 0.6 ms
+[I] H2D Latency: min = 0.03 ms, max = 0.05 ms, mean = 0.031 ms, median = 0.03 ms, percentile(90%) = 0.04 ms
+[I] GPU Compute Time: min = 0.45 ms, max = 0.8 ms, mean = 0.47 ms, median = 0.46 ms, percentile(90%) = 0.5 ms
+[I] D2H Latency: min = 0.02 ms, max = 0.04 ms, mean = 0.021 ms, median = 0.02 ms, percentile(90%) = 0.03 ms
+"""
+
+
+def test_parse_trtexec_summary():
+    from tbedge.edge.bench import parse_trtexec
+
+    t = parse_trtexec(TRTEXEC_SAMPLE)
+    assert t["throughput_qps"] == 2143.51
+    assert t["compute_ms"] == {"min": 0.45, "max": 0.8, "mean": 0.47, "median": 0.46}
+    assert t["h2d_ms"]["mean"] == 0.031 and t["d2h_ms"]["median"] == 0.02
+    assert t["latency_ms"]["min"] == 0.52
+    assert parse_trtexec("no summary") == {}

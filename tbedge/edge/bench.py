@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, schema
+from ..fsio import atomic_write_text
 from .bundle import ROLES, default_bundle_path
 
 BENCH_FORMAT = 1
@@ -650,6 +651,9 @@ def bench(images: Sequence[str | Path] | None = None, engines: Sequence[str | Pa
     else:
         report["baseline"] = {"skipped": base_skip or "disabled (--no-baseline)"}
     report["host"]["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    for c, cfg in zip(report["configs"], configs, strict=True):
+        if cfg.get("backend") in ("tensorrt", "auto") and (t := trtexec_compare(cfg["bundle"], batch)):
+            c["trtexec"] = t
     base_ips = report["baseline"].get("throughput_ips")
     for c in report["configs"]:
         if c.get("throughput_ips") is not None and base_ips:
@@ -682,14 +686,49 @@ def baseline_unavailable(keras_dir: str | Path | None) -> str | None:
 
 
 def write_json_atomic(path: str | Path, obj: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=_json_default))
+
+
+# -- trtexec on the same plans ------------------------------------------------------------------
+_TRTEXEC_THROUGHPUT = re.compile(r"Throughput:\s*([\d.]+)\s*qps")
+_TRTEXEC_STAT = re.compile(r"(H2D Latency|GPU Compute Time|D2H Latency|Latency):\s*min = ([\d.]+) ms, "
+                           r"max = ([\d.]+) ms, mean = ([\d.]+) ms, median = ([\d.]+) ms")
+
+
+def parse_trtexec(text: str) -> dict:
+    """trtexec's performance summary -> {throughput_qps, h2d/compute/d2h/latency: {min,max,mean,median}}."""
+    out: dict = {}
+    if m := _TRTEXEC_THROUGHPUT.search(text):
+        out["throughput_qps"] = float(m.group(1))
+    names = {"H2D Latency": "h2d_ms", "GPU Compute Time": "compute_ms", "D2H Latency": "d2h_ms",
+             "Latency": "latency_ms"}
+    for m in _TRTEXEC_STAT.finditer(text):
+        out[names[m.group(1)]] = dict(zip(("min", "max", "mean", "median"), map(float, m.groups()[1:]),
+                                          strict=True))
+    return out
+
+
+def trtexec_compare(bundle_dir: str | Path, batch: int, timeout_s: float = 300) -> dict | None:
+    """Run ``trtexec --loadEngine`` on the bundle's plans (when trtexec is on the PATH) at the same
+    batch, so tbedge's model-only figures can be read against NVIDIA's own tool."""
+    exe = shutil.which("trtexec")
+    if not exe:
+        return None
+    from .bundle import load_bundle
+
+    b = load_bundle(bundle_dir)
+    if not b.has_plans():
+        return None
+    res = {}
+    for role in ("lungs", "classifier"):
+        size, name = b.input_size(role), b.entry(role)["input"]["name"]
+        cmd = [exe, f"--loadEngine={b.path / b.plan(role)['file']}", f"--shapes={name}:{batch}x{size}x{size}x1"]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            res[role] = parse_trtexec(r.stdout) if r.returncode == 0 else {"error": r.stdout[-500:]}
+        except (OSError, subprocess.TimeoutExpired) as e:
+            res[role] = {"error": type(e).__name__}
+    return res
 
 
 def _json_default(o):

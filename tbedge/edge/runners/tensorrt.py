@@ -173,6 +173,7 @@ class TensorRTRunner(Runner):
     def __init__(self, plan: str | Path | bytes, name: str = "", plan_meta: dict | None = None,
                  device: int = 0, bundle_dir: str = "<dir>"):
         super().__init__(name or (Path(plan).name if not isinstance(plan, bytes) else "plan"))
+        self.last_timings_ms: dict[str, float] | None = None
         self.plan = plan
         self.plan_meta = plan_meta
         self.device = device
@@ -297,8 +298,12 @@ class TensorRTRunner(Runner):
         names_in = [t.name for t in self.io.values() if t.is_input]
         n = int(next(iter(feed.values())).shape[0])
         parts: dict[str, list[np.ndarray]] = {}
+        # trtexec's split of one inference: H2D copy, GPU compute, D2H copy (CUDA events on the stream).
+        ev = [dv.Event() for _ in range(4)]
+        timings = {"h2d": 0.0, "compute": 0.0, "d2h": 0.0}
         for a, b in batch_chunks(n, self.max_batch):
             ptrs, hosts = {}, []
+            ev[0].record(self.stream)
             for name in names_in:
                 t = self.io[name]
                 x = np.ascontiguousarray(feed[name][a:b], dtype=t.dtype)
@@ -307,15 +312,24 @@ class TensorRTRunner(Runner):
                 dv.copy_h2d(buf.ptr, x.ctypes.data, x.nbytes, self.stream)
                 hosts.append(x)  # keep alive until the copy has run
                 ptrs[name] = buf.ptr
+            ev[1].record(self.stream)
             outs = self.infer_device(ptrs, b - a)
+            ev[2].record(self.stream)
             got = {}
             for name, (addr, shape, dtype) in outs.items():
                 host = np.empty(shape, dtype)
                 dv.copy_d2h(host.ctypes.data, addr, host.nbytes, self.stream)
                 got[name] = host
+            ev[3].record(self.stream)
             self.stream.synchronize()
+            timings["h2d"] += ev[1].elapsed_ms(ev[0])
+            timings["compute"] += ev[2].elapsed_ms(ev[1])
+            timings["d2h"] += ev[3].elapsed_ms(ev[2])
             for name, arr in got.items():
                 parts.setdefault(name, []).append(arr)
+        for e in ev:
+            e.destroy()
+        self.last_timings_ms = timings  # read by tbedge bench (model_only.device_ms)
         return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in parts.items()}
 
 

@@ -25,7 +25,7 @@ ALLOWED_OPS = frozenset({
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Softmax", "HardSigmoid",
     "Add", "Sub", "Mul", "Div", "Neg", "Reciprocal", "Sqrt", "Pow", "Exp", "Log", "Abs", "Max", "Min",
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-    "ReduceMean", "ReduceMax", "ReduceSum",
+    "ReduceMean", "ReduceMax", "ReduceSum", "ReduceProd",  # ReduceProd: shape arithmetic of tf2onnx Tensordot
     "BatchNormalization", "LayerNormalization", "InstanceNormalization",
     "Concat", "Split", "Slice", "Pad", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
     "Shape", "Gather", "Expand", "Cast", "Identity", "Constant", "Resize",

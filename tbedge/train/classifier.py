@@ -22,6 +22,7 @@ from ..schema import CLASS_NAMES
 from . import metrics as M
 from .augment import photometric, random_affine, warp
 from .crops import Crops, build_crop_cache, load_crops
+from .predict import model_predictor
 
 TB = CLASS_NAMES.index("tb")
 
@@ -253,27 +254,14 @@ def measure_speed(arch: str, size: int = 224, batch: int = 16, steps: int = 3, s
 
 # -- evaluation (for `tbedge evaluate`) -------------------------------------------------------
 def _classifier_fn(model_path: str | Path):
-    p = Path(model_path)
-    if not p.is_file():
-        raise FileNotFoundError(f"classifier model not found: {p}")
-    if p.suffix == ".onnx":
-        from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+    """(run, size): run maps uint8 crops (N, S, S) -> probabilities (N, 3), in batches."""
+    fn, size = model_predictor(model_path, "probabilities", "classifier model")
 
-        runner = OnnxRuntimeRunner(p, name="classifier")
-        runner.activate()
-        size = int(runner.inputs()[0].shape[1])
+    def run(x, batch=32):
+        outs = [fn(x[i:i + batch].astype(np.float32)[..., None] / 255.0) for i in range(0, len(x), batch)]
+        return np.concatenate(outs) if outs else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
-        def run(x, batch=32):
-            outs = [runner.infer({"image": x[i:i + batch].astype(np.float32)[..., None] / 255.0})["probabilities"]
-                    for i in range(0, len(x), batch)]
-            return np.concatenate(outs) if outs else np.zeros((0, len(CLASS_NAMES)), np.float32)
-        return run, size
-    import keras
-
-    from . import classifier_models  # noqa: F401  (registers CamHead for loading)
-
-    model = keras.models.load_model(p, compile=False)
-    return (lambda x: predict_probabilities(model, x)), int(model.input_shape[1])
+    return run, size
 
 
 def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | Path,

@@ -21,27 +21,14 @@ from ..edge import lungs as L
 from ..edge.imaging import load_image
 from ..fsio import atomic_path, sha256_file
 from ..schema import TbedgeInputError
+from .predict import model_predictor
 
 
 def lung_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     """A function (B, 256, 256, 1) float [0, 1] -> heat (B, 256, 256) from a .keras or .onnx
     lung model path, or from an in-memory Keras model."""
-    if isinstance(model, (str, Path)):
-        p = Path(model)
-        if not p.is_file():
-            raise FileNotFoundError(f"lung model not found: {p}")
-        if p.suffix == ".onnx":
-            from ..edge.runners.onnxruntime import OnnxRuntimeRunner
-
-            runner = OnnxRuntimeRunner(p, name="lungs")
-            runner.activate()
-            return lambda x: runner.infer({"image": x.astype(np.float32)})["mask"][..., 0]
-        import keras
-
-        model = keras.models.load_model(p, compile=False)
-    from keras import ops
-
-    return lambda x: ops.convert_to_numpy(model(x.astype(np.float32), training=False))[..., 0]
+    fn, _ = model_predictor(model, "mask", "lung model")
+    return lambda x: fn(x)[..., 0]
 
 
 def _atomic_savez(dest: Path, /, **arrays) -> None:

@@ -14,6 +14,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
 LABELS = ("normal", "tb", "other")
 SM_DIR = "shenzhen_montgomery_512"
@@ -98,6 +101,16 @@ def discover(root: str | Path) -> list[Sample]:
     if not out:
         raise FileNotFoundError(f"no recognised dataset layout under {root}")
     return out
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A ground-truth lung mask as a bool array at its own resolution (0/255 PNG with anti-aliased
+    edges: threshold at 127). Masks are read raw, never through ``load_image``, whose polarity
+    check is for radiographs and would invert them."""
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise FileNotFoundError(f"mask not readable: {path}")
+    return m > 127
 
 
 def unit_hash(key: str, seed: int = 0) -> float:

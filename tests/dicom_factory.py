@@ -36,6 +36,17 @@ ENCODINGS = {
 }
 
 
+
+def new_dataset(transfer_syntax: str, sop_class: str) -> Dataset:
+    """File meta + SOP class/instance + fresh study and series UIDs: the header every object needs."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+    return ds
+
 def _ic():
     import imagecodecs
 
@@ -78,15 +89,7 @@ def make_dicom(
 ) -> Path:
     """Write a single- or multi-frame DICOM image around `pixels` ((H, W) or RGB (H, W, 3))."""
     ts, encoder = ENCODINGS[encoding]
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ts
-    ds.SOPClassUID = SOP_CLASSES.get(modality, uid.SecondaryCaptureImageStorage)
-    ds.SOPInstanceUID = uid.generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = uid.generate_uid()
-    ds.SeriesInstanceUID = uid.generate_uid()
+    ds = new_dataset(ts, SOP_CLASSES.get(modality, uid.SecondaryCaptureImageStorage))
     ds.PatientName = "Testperson^Alice"
     ds.PatientID = "PID-TEST-0001"
     ds.Modality = modality
@@ -140,15 +143,7 @@ def make_dicom(
 
 def make_sr(path: Path) -> Path:
     """A Basic Text SR: a real-world DICOM object that has no Pixel Data."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-    ds.SOPClassUID = uid.BasicTextSRStorage
-    ds.SOPInstanceUID = uid.generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = uid.generate_uid()
-    ds.SeriesInstanceUID = uid.generate_uid()
+    ds = new_dataset(uid.ExplicitVRLittleEndian, uid.BasicTextSRStorage)
     ds.Modality = "SR"
     ds.ValueType = "CONTAINER"
     ds.save_as(path, enforce_file_format=True)

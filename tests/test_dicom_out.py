@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from dicom_factory import new_dataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     ComprehensiveSRStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
-    generate_uid,
 )
 from watch_support import real_images
 
@@ -26,12 +26,7 @@ from tbedge.edge.pipeline import Pipeline
 def make_cxr_dicom(png: Path, out: Path) -> Dataset:
     """A DX 'for presentation' object: 16-bit MONOCHROME2, patient and study modules filled in."""
     img = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 257
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds = new_dataset(ExplicitVRLittleEndian, DigitalXRayImageStorageForPresentation)
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "PID-42", "19800101", "F"
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240102", "101500", "ACC1", "7"
     ds.ReferringPhysicianName = ""

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tbedge.datasets import NATIVE_TEST_STEMS, discover, fullres_native, split
+from tbedge.datasets import NATIVE_TEST_STEMS, discover, fullres_native, read_mask, split
 from tbedge.edge import lungs as L
 from tbedge.edge.bundle import load_bundle
 from tbedge.edge.imaging import load_image
@@ -24,7 +24,7 @@ def test_dice_on_held_out_test_patients(data_root, lung_runner):
     d = []
     for s in test:
         img = load_image(s.path).pixels
-        gt = cv2.imread(str(s.mask), cv2.IMREAD_GRAYSCALE) > 127
+        gt = read_mask(s.mask)
         lr = L.analyse(lung_runner(img), img.shape)
         assert not lr.fallback, s.stem
         d.append(L.dice(L.mask_to_native(lr.mask, img.shape), gt))
@@ -34,7 +34,7 @@ def test_dice_on_held_out_test_patients(data_root, lung_runner):
 def test_full_native_path(data_root, lung_runner):
     img = load_image(data_root / "shenzhen_fullres" / "images" / "normal" / "CHNCXR_0007_0.png").pixels
     assert img.shape == (2320, 2306) or img.shape[0] > 2000
-    gt = cv2.imread(str(fullres_native(data_root)["CHNCXR_0007_0"]), cv2.IMREAD_GRAYSCALE) > 127
+    gt = read_mask(fullres_native(data_root)["CHNCXR_0007_0"])
     lr = L.analyse(lung_runner(img), img.shape)
     native = L.mask_to_native(lr.mask, img.shape)
     # Regression guard, not the 0.95 goal: this annotation includes the lung behind the diaphragm

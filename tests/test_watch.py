@@ -26,6 +26,7 @@ from watch_support import (
 from tbedge.edge import watch as W
 from tbedge.edge.journal import Journal
 from tbedge.edge.pipeline import Pipeline
+from tbedge.fsio import sha256_file
 
 
 def _populate(data_root: Path, incoming: Path, n: int = 12, dups: int = 2, bad: int = 1, seed: int = 0):
@@ -172,7 +173,7 @@ def test_crash_looping_input_is_quarantined(data_root, pipe, tmp_path):
     with Journal(out / "journal.sqlite") as j:
         p = incoming / "poison.png"
         st = p.stat()
-        eid = j.add(W._sha256(p), str(p), "poison.png", st.st_size, st.st_mtime_ns)
+        eid = j.add(sha256_file(p), str(p), "poison.png", st.st_size, st.st_mtime_ns)
         j.advance(eid, "claimed", attempts=2, last_stage="segment")
     W.Watcher(_cfg(incoming, out, None, max_attempts=2), pipeline=pipe).run()
     r = json.loads(next((out / "results").iterdir()).read_text())

@@ -12,27 +12,6 @@ CLASSIFIER_SIZE = 64
 LUNG_SIZE = 256
 
 
-def _tiny_classifier():
-    import keras
-    from keras import layers
-
-    inp = keras.Input((CLASSIFIER_SIZE, CLASSIFIER_SIZE, 1), name="image")
-    x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-3)(inp)
-    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-    feat = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)  # (16, 16, 8)
-    pooled = layers.GlobalAveragePooling2D()(feat)
-    dense = layers.Dense(3, name="head")
-    probs = layers.Activation("softmax", name="probabilities")(dense(pooled))
-    # CAM of the TB class: the head's TB weights applied per position (no bias), as the real model does.
-    cam = layers.Conv2D(1, 1, use_bias=False, name="cam_conv")(feat)
-    cam = layers.Reshape((16, 16), name="cam")(cam)
-    # Outputs in name order: export_onnx pairs graph outputs with Keras names by position.
-    model = keras.Model(inp, [cam, probs], name="tiny_classifier")
-    w, _ = dense.get_weights()
-    model.get_layer("cam_conv").set_weights([w[:, 1].reshape(1, 1, 8, 1)])
-    return model
-
-
 def _entry(file: Path, name: str, size: int, outputs: list[str], **extra) -> dict:
     from tbedge.edge.bundle import sha256_file
 
@@ -44,17 +23,14 @@ def _entry(file: Path, name: str, size: int, outputs: list[str], **extra) -> dic
 
 def build_tiny_bundle(out: str | Path, threshold: float = 0.34) -> Path:
     """Build the bundle into ``out`` (needs TensorFlow; ~10 s). Returns ``out``."""
-    import keras
-
     from tbedge.build.export import export_onnx
+    from tbedge.build.tiny import tiny_classifier, tiny_lungs
     from tbedge.edge.bundle import write_manifest
-    from tbedge.train.unet import build_unet
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(7)
-    lungs = export_onnx(build_unet(LUNG_SIZE, base=4, depth=2), out / "lungs.onnx")
-    cls = export_onnx(_tiny_classifier(), out / "classifier.onnx")
+    lungs = export_onnx(tiny_lungs(LUNG_SIZE), out / "lungs.onnx")
+    cls = export_onnx(tiny_classifier(CLASSIFIER_SIZE), out / "classifier.onnx")
     lungs_e = _entry(lungs, "tiny_lungs", LUNG_SIZE, ["mask"])
     cls_e = _entry(cls, "tiny_classifier", CLASSIFIER_SIZE, ["probabilities", "cam"], tb_bias=0.0)
     write_manifest(out, {

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fsio import atomic_path
+from ..train.predict import load_keras  # noqa: F401  (re-exported: scripts call build.export.load_keras)
 
 OPSET = 17
 # Max abs difference allowed between Keras and ONNX Runtime outputs. 1e-4 was too tight for the real
@@ -22,17 +23,6 @@ PARITY_ATOL = 2e-3
 
 class ExportParityError(Exception):
     pass
-
-
-def load_keras(path: str | Path):
-    import keras
-
-    try:
-        from ..train import classifier_models  # noqa: F401  (registers the CAM head layer)
-    except ImportError:
-        pass
-
-    return keras.models.load_model(path, compile=False)
 
 
 def export_onnx(model, out: str | Path, opset: int = OPSET) -> Path:

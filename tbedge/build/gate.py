@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .. import datasets
@@ -131,9 +130,7 @@ def _run(lungs_model: Path, classifier_model: Path | None, samples: list, thread
                 res = [L.analyse(h, p.shape) for h, p in zip(heat, imgs, strict=True)]
                 for s, p, r in zip(chunk, imgs, res, strict=True):
                     if s.mask is not None:
-                        # masks are plain 0/255 PNGs with anti-aliased edges: read them raw, never
-                        # through load_image (its polarity handling is for radiographs)
-                        gt = cv2.imread(str(s.mask), cv2.IMREAD_GRAYSCALE) > 127
+                        gt = datasets.read_mask(s.mask)
                         dice.append(L.dice(L.mask_to_native(r.mask, p.shape), gt))
                 if cr:
                     crops = np.stack([L.crop(p, r.box, classifier_size)

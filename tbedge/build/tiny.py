@@ -17,18 +17,24 @@ TINY_SIZE = 64
 
 
 def tiny_classifier(size: int = TINY_SIZE):
+    """A small classifier with the real contract: in-graph normalisation, ``probabilities`` and an
+    exact TB ``cam`` (the head's TB weights applied per position, without the bias)."""
     import keras
     from keras import layers
 
     keras.utils.set_random_seed(1)
     inp = keras.Input((size, size, 1), name="image")
-    x = layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
-    x = layers.MaxPooling2D()(x)
-    f = layers.Conv2D(8, 3, padding="same", activation="relu")(x)
-    logits = layers.Dense(3)(layers.GlobalAveragePooling2D()(f))
-    probs = layers.Softmax(name="probabilities")(logits)
-    cam = layers.Reshape((size // 2, size // 2), name="cam")(layers.Conv2D(1, 1, use_bias=False)(f))
-    return keras.Model(inp, [probs, cam], name="tiny_classifier")
+    x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-3)(inp)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    feat = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    dense = layers.Dense(3, name="head")
+    probs = layers.Activation("softmax", name="probabilities")(dense(layers.GlobalAveragePooling2D()(feat)))
+    cam = layers.Conv2D(1, 1, use_bias=False, name="cam_conv")(feat)
+    cam = layers.Reshape((size // 4, size // 4), name="cam")(cam)
+    model = keras.Model(inp, [probs, cam], name="tiny_classifier")
+    w, _ = dense.get_weights()
+    model.get_layer("cam_conv").set_weights([w[:, 1].reshape(1, 1, 8, 1)])
+    return model
 
 
 def tiny_lungs(size: int = TINY_SIZE):

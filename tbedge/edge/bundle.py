@@ -31,7 +31,7 @@ from ..fsio import atomic_write_text, sha256_file  # noqa: F401 (sha256_file is 
 
 FORMAT_VERSION = 1
 ROLES = ("lungs", "classifier")
-REBUILD_HINT = "rebuild with: tbedge build-engine --default --target tensorrt --out {out}"
+REBUILD_CMD = "tbedge build-engine --default --target tensorrt --out {out}"
 
 
 class BundleError(Exception):
@@ -138,7 +138,8 @@ def check_plan_device(b: Bundle, trt_version: str, compute_capability: str, gpu_
     for role in ROLES:
         p = b.plan(role)
         if not p:
-            raise BundleError(f"bundle {b.path} has no TensorRT plan for {role}; " + REBUILD_HINT.format(out=b.path))
+            raise BundleError(f"bundle {b.path} has no TensorRT plan for {role}; rebuild with: "
+                              + REBUILD_CMD.format(out=b.path))
         try:
             check_plan_compat(p, trt_version, compute_capability, out=str(b.path))
         except PlanCompatError as e:

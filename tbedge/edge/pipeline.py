@@ -47,16 +47,10 @@ class _Item:
 
 
 def gpu_available() -> bool:
-    """True when a CUDA device answers (cuda-python, imported lazily; False on any CPU box)."""
-    try:
-        from cuda.bindings import runtime as cudart  # noqa: PLC0415
-    except ImportError:
-        return False
-    try:
-        err, n = cudart.cudaGetDeviceCount()
-        return int(err) == 0 and n > 0
-    except Exception:  # noqa: BLE001 - no driver behaves differently per platform
-        return False
+    """True when a CUDA device answers (cuda-python is imported lazily; False on any CPU box)."""
+    from .cuda.device import gpu_available as probe
+
+    return probe()[0]
 
 
 def resolve_backend(bundle: Bundle, backend: str) -> str:
@@ -126,9 +120,6 @@ class Pipeline:
             res.status, res.reason, res.detail = schema.STATUS_REJECTED, e.reason, e.detail or None
             res.sha256 = getattr(e, "sha256", None)
             res.timing_ms["decode"] = _ms(t0)
-            return _Item(path, None, res)
-        except OSError as e:
-            res.status, res.reason, res.detail = schema.STATUS_REJECTED, "unreadable", type(e).__name__
             return _Item(path, None, res)
         except Exception as e:  # noqa: BLE001 - one bad file never stops the run
             log.warning("decode failed: %s", type(e).__name__)

@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import schema
-from ..fsio import atomic_write_bytes, fsync_dir
-from ..fsio import sha256_file as _sha256
+from ..fsio import atomic_write_bytes, fsync_dir, sha256_file
 from .journal import FINISHING_STATES, QUEUED_STATES, Journal
 
 log = logging.getLogger("tbedge.watch")
@@ -364,7 +363,7 @@ class Watcher:
                 continue
             p = Path(key)
             try:
-                sha = _sha256(p)
+                sha = sha256_file(p)
                 st = p.stat()
             except FileNotFoundError:
                 del self.tracked[key]
@@ -456,7 +455,7 @@ class Watcher:
         src, dest = Path(row["src"]), Path(row["dest"])
         if src.exists():
             if dest.exists():
-                if _sha256(dest) == row["sha256"]:
+                if sha256_file(dest) == row["sha256"]:
                     src.unlink()  # an interrupted cross-filesystem move had already copied it
                 else:
                     dest = dest.with_name(f"{dest.stem}.{row['id']}{dest.suffix}")
@@ -533,7 +532,7 @@ class Watcher:
             fields = {"attempts": row["attempts"] + 1}
             if (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"]) and row["size"] >= 0:
                 # Rewritten after registration: score what is there now.
-                fields.update(sha256=_sha256(src), size=st.st_size, mtime_ns=st.st_mtime_ns)
+                fields.update(sha256=sha256_file(src), size=st.st_size, mtime_ns=st.st_mtime_ns)
             self.journal.advance(row["id"], "claimed", **fields)
             claimed.append(self.journal.get(row["id"]))
         return claimed

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..datasets import discover, split
+from ..datasets import discover, read_mask, split
 from ..edge.outputs import heat_in_box
 from ..edge.pipeline import Pipeline
 
@@ -21,7 +21,7 @@ def cam_hit_rate(data: str | Path, engine: str | Path | None = None, part: str =
         for s, sc in zip(samples, pipe.run([s.path for s in samples]), strict=True):
             if sc.cam is None:
                 continue
-            gt = cv2.imread(str(s.mask), cv2.IMREAD_GRAYSCALE) > 127
+            gt = read_mask(s.mask)
             gt = cv2.resize(gt.astype(np.uint8), sc.image.pixels.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
             x0, y0, _, _ = sc.lungs.box
             heat = heat_in_box(sc.cam, sc.lungs.box)

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..datasets import NATIVE_TEST_STEMS, Sample, discover, split
+from ..datasets import NATIVE_TEST_STEMS, Sample, discover, read_mask, split
 from ..edge import lungs as L
 from ..edge.imaging import load_image
 from .augment import photometric, random_affine, warp
@@ -131,7 +131,7 @@ def evaluate_native(predict, data: Path) -> dict:
     sm = {s.stem: s for s in discover(data)}
     dices = {}
     for stem, mpath in native.items():
-        gt = cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE) > 127
+        gt = read_mask(mpath)
         img = load_image(sm[stem].path).pixels
         heat = predict(L.preprocess(img)[None])[0]
         dices[stem] = L.dice(L.mask_to_native(L.clean(heat), gt.shape), gt)
@@ -140,7 +140,7 @@ def evaluate_native(predict, data: Path) -> dict:
     full = Path(data) / FULLRES_DIR / "images" / "normal" / "CHNCXR_0007_0.png"
     if full.exists():
         img = load_image(full).pixels
-        gt = cv2.imread(str(native["CHNCXR_0007_0"]), cv2.IMREAD_GRAYSCALE) > 127
+        gt = read_mask(native["CHNCXR_0007_0"])
         heat = predict(L.preprocess(img)[None])[0]
         res = L.analyse(heat, img.shape)
         out["full_native_0007"] = {"shape": list(img.shape),
@@ -154,11 +154,10 @@ def lungs_report(keras_path: Path, data: Path, onnx_path: Path | None = None,
     ONNX-vs-Keras parity on real images and CPU latency of segmentation + cleaning."""
     import time
 
-    import keras
-
     from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+    from .predict import load_keras
 
-    model = keras.models.load_model(keras_path, compile=False)
+    model = load_keras(keras_path)
     rep = {"model": str(keras_path), "params": int(model.count_params()),
            "dice": evaluate_lungs(model, data, exclude_site)}
     rep["native"] = evaluate_native(lambda x: model.predict(x, verbose=0)[..., 0], data)

@@ -8,6 +8,15 @@ from pathlib import Path
 import numpy as np
 
 
+def load_keras(path: str | Path):
+    """Load a tbedge Keras model for inference (registers the classifier's CAM head first)."""
+    import keras
+
+    from . import classifier_models  # noqa: F401  (registers CamHead for loading)
+
+    return keras.models.load_model(path, compile=False)
+
+
 def model_predictor(model, output: str, what: str = "model") -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """(fn, input size): fn maps (B, S, S, 1) float32 [0, 1] -> the named ``output`` as numpy."""
     if isinstance(model, (str, Path)):
@@ -21,11 +30,7 @@ def model_predictor(model, output: str, what: str = "model") -> tuple[Callable[[
             runner.activate()
             size = int(runner.inputs()[0].shape[1])
             return (lambda x: runner.infer({"image": x.astype(np.float32)})[output]), size
-        import keras
-
-        from . import classifier_models  # noqa: F401  (registers CamHead for loading)
-
-        model = keras.models.load_model(p, compile=False)
+        model = load_keras(p)
     from keras import ops
 
     names = list(model.output_names)

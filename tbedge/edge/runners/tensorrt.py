@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import REBUILD_CMD
 from .base import Runner, TensorSpec
 
-REBUILD_CMD = "tbedge build-engine --default --target tensorrt --out {out}"
 PLAN_KEYS = ("trt_version", "compute_capability")
 # TensorRT DataType names -> numpy (by name, so no TensorRT import is needed to map them).
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",

@@ -6,19 +6,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
 R=${RUNS:-runs}
+C=${CROPS:-$R/crops/}  # crop cache prefix: ${C}no_<site>_224.npz
 K=tbedge/models/keras
 cls_run=$1; shift
 mkdir -p "$K"
-strip() {  # weights + architecture only: no optimizer state in the package
-  python -c "import sys, keras; from tbedge.build.export import load_keras; load_keras(sys.argv[1]).save(sys.argv[2])" "$1" "$2"
+strip() {  # weights + architecture only (no optimizer state), whole-image norm as ImageNorm
+  python -c "import sys; from tbedge.build.export import load_keras; from tbedge.train.layers import upgrade_norm; \
+upgrade_norm(load_keras(sys.argv[1])).save(sys.argv[2])" "$1" "$2"
 }
-strip "$R/lungs_main/best.keras" "$K/lungs.keras"
+strip "${LUNGS:-$R/lungs_main/best.keras}" "$K/lungs.keras"
 strip "$cls_run/best.keras" "$K/classifier.keras"
+# How the classifier's crops were prepared travels beside it (and from there into every bundle).
+python -c "import json, sys; c = json.load(open(sys.argv[1])); json.dump({'crop_prep': c.get('prep', 'box'), \
+'run': sys.argv[2], 'arch': c['arch'], 'seed': c['seed']}, open(sys.argv[3], 'w'), indent=1)" \
+  "$cls_run/config.json" "$cls_run" "$K/classifier.json"
 # The threshold: out-of-site predictions only (each fold model on the site it never saw, site_val part).
 preds=()
 for f in "$@"; do
   fold=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['fold'])" "$f/config.json")
-  tbedge evaluate classifier "$f/best.keras" --data "$R/crops/no_${fold}_224.npz" --fold "$fold" \
+  tbedge evaluate classifier "$f/best.keras" --data "${C}no_${fold}_224.npz" --fold "$fold" \
     --part site_val --out "$f/eval_site_val" >/dev/null
   preds+=("$f/eval_site_val/predictions.csv")
 done

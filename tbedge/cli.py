@@ -153,6 +153,8 @@ def train_lungs(
     epochs: int = typer.Option(16, "--epochs"),
     seed: int = typer.Option(0, "--seed"),
     exclude_site: str = typer.Option(None, "--exclude-site", help="Leave a site out (cross-site model)."),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate of the cosine schedule."),
+    init: Path = typer.Option(None, "--init", help="Warm start from this lung model (.keras): fine-tune."),
 ):
     """Train the lung U-Net on the real masks (resumes from OUT when interrupted).
 
@@ -160,7 +162,7 @@ def train_lungs(
     """
     from .train.lungs import train_lungs as run
 
-    state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site)
+    state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site, lr=lr, init=init)
     print(f"best val Dice {state['best']:.4f} at epoch {state['best_epoch'] + 1}; model {out / 'best.keras'}")
 
 
@@ -268,6 +270,7 @@ def train_classifier(
     budget_minutes: float = typer.Option(None, "--budget-minutes", help="Wall-clock training budget."),
     fold: str = typer.Option(None, "--fold", help="Hold out a site: shenzhen | montgomery."),
     patience: int = typer.Option(12, "--patience", help="Early stopping patience (epochs)."),
+    prep: str = typer.Option("box", "--prep", help="Crop preparation: box | masked | masked_eq."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -276,7 +279,7 @@ def train_classifier(
     from .train.classifier import train_classifier as run
 
     state = run(data, arch, out, seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold,
-                patience=patience)
+                patience=patience, prep=prep)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

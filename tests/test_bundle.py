@@ -45,7 +45,8 @@ def test_fp32_bundle_is_complete_and_passes_self_test(fp32_bundle):
     for r in ("lungs", "classifier"):
         e = b.entry(r)
         assert e["sha256"] == sha256_file(b.model_path(r)) and e["precision"] == "fp32"
-        assert e["preprocessing"] == {"size": 64, "resize": "area", "range": [0, 1]}
+        prep = {"crop": "masked_eq"} if r == "classifier" else {}  # from classifier.json beside the .keras
+        assert e["preprocessing"] == {"size": 64, "resize": "area", "range": [0, 1], **prep}
         assert e["input"]["name"] == "image" and e["parity"]["on"].endswith("real val images")
     assert m["threshold"]["classifier_sha256"] == b.entry("classifier")["sha256"]
     assert b.entry("classifier")["tb_bias"] == 0.0  # the tiny head's Dense bias starts at zero
@@ -134,6 +135,19 @@ def test_int8_bundle_from_fp32_bundle_without_tensorflow(fp32_bundle, data_root,
     for r in rs.values():
         r.activate()
     run_self_test(b, rs)  # its own outputs are within its tolerance
+
+
+def test_int8_refuses_calibration_crops_prepared_otherwise(fp32_bundle, data_root, tmp_path):
+    """A calibration set must hold the crops the classifier takes (here masked_eq, not box)."""
+    from tbedge.build.bundle_writer import BuildError, build_bundle
+    from tbedge.calibration.sets import make_calibration_set
+
+    lungs = load_bundle(fp32_bundle).model_path("lungs")
+    box = make_calibration_set(data_root, lungs, tmp_path / "cal-box", 64, n_per_stratum=1, prep="box")
+    assert box.manifest["crop_prep"] == "box"
+    with pytest.raises(BuildError, match="masked_eq"):
+        build_bundle(fp32_bundle, fp32_bundle, tmp_path / "x", "int8", "cpu", calibration=box.path)
+    assert not (tmp_path / "x").exists()
 
 
 def test_int8_refuses_without_calibration_or_data(fp32_bundle, tmp_path):

@@ -51,6 +51,22 @@ def test_every_arch_contract(cm, arch):
     assert bns and all(b.momentum == pytest.approx(cm.BN_MOMENTUM) for b in bns)
 
 
+def test_lung_weighted_head_is_exact_and_ignores_cells_outside_the_lungs(cm):
+    """With the lung-weight channel, only lung cells vote and the CAM stays exact (mean + bias = logit)."""
+    m = cm.build_classifier(cm.DEFAULT_ARCH, 64, lung_channel=True)
+    assert tuple(m.input.shape) == (None, 64, 64, 2)
+    m.get_layer("cam_head").bias.assign(np.array([0.3, -0.7, 0.2], np.float32))
+    x = np.random.default_rng(3).random((3, 64, 64, 2), dtype=np.float32)
+    x[..., 1] = 0
+    x[0, 8:56, 0:24, 1] = 1  # a left "lung": inside the left column of the 2 x 2 feature grid
+    x[1, ..., 1] = 1  # a fallback crop: every position counts
+    x[2, 8:56, 40:64, 1] = 1
+    _, cam = _cam_check(m, x)
+    assert cam.shape == (3, 2, 2)
+    assert np.all(cam[0, :, 1] == 0) and np.all(cam[0, :, 0] != 0)
+    assert np.all(cam[1] != 0) and np.all(cam[2, :, 0] == 0)
+
+
 def test_default_arch_budget_and_roundtrip(cm, tmp_path):
     import keras
 
@@ -107,6 +123,7 @@ def test_crop_cache_contents(tiny_crops):
     assert set(c.label) == {"normal", "tb", "other"} and c.images.std() > 5
     assert c.meta["size"] == 64 and c.meta["n"] == 24
     assert c.box.shape == (24, 4) and np.all(c.box[:, 2] > c.box[:, 0])
+    assert c.mask.shape == (24, 64, 64) and c.mask.dtype == np.uint8  # lung weights on the crop grid
     parts = c.parts()
     got = np.sort(np.concatenate([parts[k] for k in ("train", "val", "calib", "test")]))
     assert got.tolist() == list(range(24))  # disjoint and complete
@@ -134,6 +151,22 @@ def test_training_smoke_resumes(tiny_crops, tmp_path):
     assert res["n"] == 24 and res["threshold_source"] == "given"
     assert sum(map(sum, res["confusion"]["rows_true_cols_pred"])) == 24
     assert (tmp_path / "eval" / "roc.png").is_file() and (tmp_path / "eval" / "predictions.csv").is_file()
+
+
+def test_masked_training_and_evaluation_use_the_same_inputs(tiny_crops, tmp_path):
+    """prep masked_eq: a 2-channel model is trained, and evaluation reads the prep from its run."""
+    from tbedge.train.classifier import crop_arrays, evaluate_classifier, train_classifier
+    from tbedge.train.crops import load_crops
+    from tbedge.train.predict import load_keras
+
+    out = tmp_path / "m"
+    train_classifier(tiny_crops, "resnet_s", out, epochs=1, seed=0, batch=4, max_steps_per_epoch=1,
+                     run_eagerly=True, prep="masked_eq", log=lambda _: None)
+    assert tuple(load_keras(out / "best.keras").input.shape) == (None, 64, 64, 2)
+    res = evaluate_classifier(tiny_crops, out / "best.keras", tmp_path / "e", part="all", threshold=0.5)
+    assert res["prep"] == "masked_eq" and res["n"] == 24
+    x = crop_arrays(load_crops(tiny_crops), np.arange(24), 64, "masked_eq")
+    assert x.shape == (24, 64, 64, 2) and x[..., 1].max() == 255
 
 
 def test_budget_stops_before_overrun(tiny_crops, tmp_path):

@@ -44,6 +44,7 @@ class NaiveKerasPipeline:
         if threads:  # must precede the first TensorFlow op
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
+        from .bundle_writer import model_sidecar
         from .export import load_keras
 
         kd = Path(keras_dir)
@@ -51,6 +52,7 @@ class NaiveKerasPipeline:
         self.classifier = load_keras(kd / "classifier.keras")
         self.lung_size = int(self.lungs.input_shape[1])
         self.cls_size = int(self.classifier.input_shape[1])
+        self.crop_prep = model_sidecar(kd / "classifier.keras")["crop_prep"]
         self.class_names = list(class_names)
 
     def predict_lungs(self, x: np.ndarray) -> np.ndarray:
@@ -76,7 +78,7 @@ class NaiveKerasPipeline:
         r.timing_ms["segment"] = _ms(t)
         t = time.perf_counter()
         lr = L.analyse(heat, px.shape)
-        crop = L.crop(px, lr.box, self.cls_size)[None, ..., None]
+        crop = L.classifier_input(px, lr, self.cls_size, self.crop_prep)[None]
         r.timing_ms["clean_crop"] = _ms(t)
         t = time.perf_counter()
         out = self.predict_classifier(crop)
@@ -119,8 +121,8 @@ def run_baseline_child(cfg: dict) -> dict:
         raise bench.BenchError("no warm-up image scored ok in the baseline")
     img = kept[0]
     x_l = cv2.resize(img, (pipe.lung_size, pipe.lung_size), interpolation=cv2.INTER_AREA)[None, ..., None]
-    box = L.analyse(pipe.predict_lungs(x_l)[0, ..., 0], img.shape).box
-    x_c = L.crop(img, box, pipe.cls_size)[None, ..., None]
+    lr = L.analyse(pipe.predict_lungs(x_l)[0, ..., 0], img.shape)
+    x_c = L.classifier_input(img, lr, pipe.cls_size, pipe.crop_prep)[None]
     # Its model-only figure: the same per-image predict calls, on pre-made tensors.
     models = bench.ModelMeter({"lungs": pipe.predict_lungs, "classifier": pipe.predict_classifier},
                               {"lungs": x_l, "classifier": x_c})

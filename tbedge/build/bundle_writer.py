@@ -31,7 +31,7 @@ from ..edge.bundle import (
     BundleError,
     default_bundle_path,
     load_bundle,
-    phantom,
+    phantom_input,
     sha256_file,
     write_manifest,
 )
@@ -67,6 +67,18 @@ class Source:
     threshold: dict | None = None  # from a source bundle (classifier only)
     class_names: list[str] | None = None
     tools: dict = field(default_factory=dict)
+    crop_prep: str = "box"  # classifier only: how its input is made from the lung crop
+
+
+def model_sidecar(path: Path) -> dict:
+    """``<model>.json`` beside a .keras/.onnx classifier: facts the graph cannot carry, e.g.
+    ``{"crop_prep": "masked_eq"}`` (how its training crops were prepared)."""
+    side = Path(path).with_suffix(".json")
+    meta = json.loads(side.read_text()) if side.is_file() else {}
+    prep = meta.get("crop_prep", "box")
+    if prep not in L.CROP_PREPS:
+        raise BuildError(f"{side}: crop_prep {prep!r} is not one of {L.CROP_PREPS}")
+    return {**meta, "crop_prep": prep}
 
 
 def _keras_default_dir() -> Path:
@@ -90,7 +102,8 @@ def tool_versions(with_tf: bool = False) -> dict:
 
 
 # -- sources ------------------------------------------------------------------------------
-def _parity_inputs(role: str, size: int, data_root: Path | None, n: int = 4) -> tuple[np.ndarray, str]:
+def _parity_inputs(role: str, size: int, data_root: Path | None, n: int = 4,
+                   prep: str = "box") -> tuple[np.ndarray, str]:
     """Real val images preprocessed as at runtime (centre crop stands in for the lung crop)."""
     if data_root is not None:
         samples = G.gate_samples(data_root)[:n]
@@ -98,9 +111,10 @@ def _parity_inputs(role: str, size: int, data_root: Path | None, n: int = 4) -> 
         for s in samples:
             px = load_image(s.path).pixels
             xs.append(L.preprocess(px, size) if role == "lungs" else
-                      L.crop(px, L.fallback_box(px.shape), size)[..., None])
+                      L.stack_input(L.crop(px, L.fallback_box(px.shape), size), None, prep))
         return np.stack(xs).astype(np.float32), f"{len(xs)} real val images"
-    return np.stack([phantom(size, s) for s in range(n)])[..., None], f"{n} synthetic phantoms (no data)"
+    ch = 1 if role == "lungs" or prep == "box" else 2
+    return np.stack([phantom_input(size, s, ch) for s in range(n)]), f"{n} synthetic phantoms (no data)"
 
 
 def source_from_keras(path: Path, role: str, work: Path, data_root: Path | None,
@@ -111,10 +125,11 @@ def source_from_keras(path: Path, role: str, work: Path, data_root: Path | None,
         progress(f"export {role}: {path.name} -> ONNX")
     model = load_keras(path)
     out = export_onnx(model, work / f"{role}.fp32.onnx")
-    x, what = _parity_inputs(role, int(model.input_shape[1]), data_root)
+    prep = model_sidecar(path)["crop_prep"] if role == "classifier" else "box"
+    x, what = _parity_inputs(role, int(model.input_shape[1]), data_root, prep=prep)
     diffs = parity(model, out, x)
     return Source(role, out, "keras", model.name, _version_of(path), {"max_abs": diffs, "on": what},
-                  tools=tool_versions(with_tf=True))
+                  tools=tool_versions(with_tf=True), crop_prep=prep)
 
 
 def source_from_bundle(path: Path, role: str, work: Path) -> Source:
@@ -126,7 +141,8 @@ def source_from_bundle(path: Path, role: str, work: Path) -> Source:
     dst = work / f"{role}.fp32.onnx"
     shutil.copyfile(b.model_path(role), dst)
     return Source(role, dst, "bundle", e["name"], e["version"], e.get("parity"),
-                  dict(b.manifest["threshold"]) if role == "classifier" else None, b.class_names)
+                  dict(b.manifest["threshold"]) if role == "classifier" else None, b.class_names,
+                  crop_prep=b.crop_prep)
 
 
 def resolve_source(src: str | Path, role: str, work: Path, data_root: Path | None,
@@ -139,7 +155,7 @@ def resolve_source(src: str | Path, role: str, work: Path, data_root: Path | Non
     if p.suffix == ".onnx" and p.is_file():
         dst = work / f"{role}.fp32.onnx"
         shutil.copyfile(p, dst)
-        return Source(role, dst, "onnx", p.stem, _version_of(p))
+        return Source(role, dst, "onnx", p.stem, _version_of(p), crop_prep=model_sidecar(p)["crop_prep"])
     raise BuildError(f"{role} source {p} is not a .keras model, an .onnx file or a bundle directory")
 
 
@@ -152,8 +168,8 @@ def io_spec(onnx_path: Path) -> tuple[dict, list[str]]:
     g = onnx.load(str(onnx_path), load_external_data=False).graph
     i = g.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[3] != 1 or dims[1] != dims[2] or not dims[1]:
-        raise BuildError(f"{onnx_path.name}: input {i.name} shape {dims} is not (B, S, S, 1)")
+    if len(dims) != 4 or dims[3] not in (1, 2) or dims[1] != dims[2] or not dims[1]:
+        raise BuildError(f"{onnx_path.name}: input {i.name} shape {dims} is not (B, S, S, 1|2)")
     dtype = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
     return {"name": i.name, "shape": dims, "layout": "NHWC", "dtype": dtype}, [o.name for o in g.output]
 
@@ -182,14 +198,16 @@ def read_tb_bias(onnx_path: Path, tb_index: int) -> float | None:
 
 # -- self-test ----------------------------------------------------------------------------
 def self_test_reference(fp32: dict[str, Path], sizes: dict[str, int], model: dict[str, Path],
-                        threads: int = 0) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                        threads: int = 0, channels: dict[str, int] | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """fp32 reference outputs on the bundle's phantoms, and the chosen models' deviation from them."""
     from ..edge.runners.onnxruntime import OnnxRuntimeRunner
 
     keys = {"lungs": "mask", "classifier": "probabilities"}
     ref, dev = {}, {}
     for role in ROLES:
-        x = np.stack([phantom(sizes[role], s) for s in (0, 1)])[..., None]  # = bundle.self_test_inputs
+        ch = (channels or {}).get(role, 1)
+        x = np.stack([phantom_input(sizes[role], s, ch) for s in (0, 1)])  # = bundle.self_test_inputs
         with OnnxRuntimeRunner(fp32[role], threads=threads) as r:
             ref[f"{role}/{keys[role]}"] = r.infer({"image": x})[keys[role]].astype(np.float32)
         with OnnxRuntimeRunner(model[role], threads=threads) as r:
@@ -268,6 +286,10 @@ def _build_into(stage, work, lungs_src, classifier_src, precision, target, calib
     if "tb" not in names:
         raise BuildError(f"class names {names} have no 'tb'")
     tb_index = names.index("tb")
+    prep = src["classifier"].crop_prep
+    if (prep != "box") != (int(specs["classifier"][0]["shape"][-1]) == 2):
+        raise BuildError(f"classifier crop_prep {prep!r} needs a {'2' if prep != 'box' else '1'}-channel input; "
+                         f"the model takes {specs['classifier'][0]['shape']}")
     thr = _resolve_threshold(threshold, src["classifier"], fp32_sha["classifier"])
     tools = {**tool_versions(), **src["lungs"].tools, **src["classifier"].tools}
     manifest: dict = {"name": name, "version": version or _dt.date.today().strftime("%Y.%m.%d"),
@@ -288,7 +310,7 @@ def _build_into(stage, work, lungs_src, classifier_src, precision, target, calib
             model[r] = P.to_fp16(fp32[r], work / f"{r}.fp16.onnx")
     else:
         model, quant, cal_entry = _int8(work, stage, fp32, fp32_sha, sizes, target, calibration, data_root,
-                                        threads, say)
+                                        threads, say, prep)
         manifest["calibration"] = cal_entry
         summary["calibration_set_sha256"] = cal_entry["set_sha256"]
     if precision == "int8" and target == "tensorrt":
@@ -308,7 +330,7 @@ def _build_into(stage, work, lungs_src, classifier_src, precision, target, calib
         else:
             say("accuracy gate on the val part")
             res = G.evaluate(fp32, model, data_root, thr["value"], tb_index, sizes["classifier"], threads,
-                             gate_max_images)
+                             gate_max_images, prep)
             gate = res.to_dict()
             summary["gate"] = gate
             if not res.passed:
@@ -327,14 +349,16 @@ def _build_into(stage, work, lungs_src, classifier_src, precision, target, calib
              "precision": precision, "backend": "tensorrt" if target == "tensorrt" else "onnxruntime",
              "derived_from": None if precision == "fp32" else fp32_sha[r],
              "gate": gate, "input": spec, "outputs": outputs,
-             "preprocessing": {"size": sizes[r], "resize": PREPROCESSING_RESIZE, "range": [0, 1]},
+             "preprocessing": {"size": sizes[r], "resize": PREPROCESSING_RESIZE, "range": [0, 1],
+                               **({"crop": prep} if r == "classifier" else {})},
              "source": src[r].origin, "parity": src[r].parity, "quantization": quant[r]}
         if r == "classifier":
             e["tb_bias"] = read_tb_bias(fp32[r], tb_index)
         models[r] = e
         summary["parity"][r] = src[r].parity
     manifest["models"] = models
-    ref, dev = self_test_reference(fp32, sizes, model, threads)
+    ref, dev = self_test_reference(fp32, sizes, model, threads,
+                                   {r: int(specs[r][0]["shape"][-1]) for r in ROLES})
     with open(stage / "selftest.npz", "wb") as f:
         np.savez(f, **ref)
         f.flush()
@@ -428,7 +452,7 @@ def _resolve_threshold(threshold, cls_src: Source, cls_sha: str) -> dict:
     return t
 
 
-def _int8(work, stage, fp32, fp32_sha, sizes, target, calibration, data_root, threads, say):
+def _int8(work, stage, fp32, fp32_sha, sizes, target, calibration, data_root, threads, say, prep="box"):
     from ..calibration import ranges as R
     from ..calibration.sets import load_calibration_set, make_calibration_set
 
@@ -437,12 +461,15 @@ def _int8(work, stage, fp32, fp32_sha, sizes, target, calibration, data_root, th
     elif data_root is not None:
         say("calibration set from the calib part")
         cs = make_calibration_set(data_root, fp32["lungs"], work / "calib-set", sizes["classifier"],
-                                  threads=threads)
+                                  threads=threads, prep=prep)
     else:
         raise BuildError("int8 needs a calibration set (--calibration) or a data folder (--data)")
     if cs.manifest["lungs_model_sha256"] != fp32_sha["lungs"]:
         raise BuildError("the calibration set's crops were made with another lung model "
                          f"({cs.manifest['lungs_model_sha256'][:12]}…); rebuild it with this one")
+    if cs.manifest.get("crop_prep", "box") != prep:
+        raise BuildError(f"the calibration set's crops are {cs.manifest.get('crop_prep', 'box')!r}, the classifier "
+                         f"takes {prep!r} crops; rebuild the set from this bundle")
     if cs.manifest["sizes"] != sizes:
         raise BuildError(f"calibration set sizes {cs.manifest['sizes']} do not match the models {sizes}")
     prepared, rng = {}, {}
@@ -536,9 +563,11 @@ def calibration_set(lungs_model: Path | None, out: Path, data_root: Path | None,
     if data_root is None:
         raise BuildError("no data folder: give --data")
     lm = Path(lungs_model) if lungs_model else default_bundle_path()
+    prep = "box"
     if lm.is_dir():
-        lm = load_bundle(lm).model_path("lungs")
+        b = load_bundle(lm)
+        lm, prep = b.model_path("lungs"), b.crop_prep
     cs = make_calibration_set(data_root, lm, out, classifier_size, n_per_stratum, threads=threads,
-                              progress=progress)
+                              progress=progress, prep=prep)
     return {"out": str(cs.path), "set_sha256": cs.set_sha256, "n_images": len(cs.manifest["items"]),
             "strata": cs.manifest["strata"]}

@@ -111,7 +111,7 @@ class _Run:
 
 
 def _run(lungs_model: Path, classifier_model: Path | None, samples: list, threads: int,
-         classifier_size: int | None, tb_index: int, batch: int = 8) -> _Run:
+         classifier_size: int | None, tb_index: int, batch: int = 8, prep: str = "box") -> _Run:
     from ..edge.runners.onnxruntime import OnnxRuntimeRunner
 
     tb, dice = [], []
@@ -133,9 +133,9 @@ def _run(lungs_model: Path, classifier_model: Path | None, samples: list, thread
                         gt = datasets.read_mask(s.mask)
                         dice.append(L.dice(L.mask_to_native(r.mask, p.shape), gt))
                 if cr:
-                    crops = np.stack([L.crop(p, r.box, classifier_size)
+                    crops = np.stack([L.classifier_input(p, r, classifier_size, prep)
                                       for p, r in zip(imgs, res, strict=True)])
-                    probs = cr.infer({"image": crops[..., None]})["probabilities"]
+                    probs = cr.infer({"image": crops})["probabilities"]
                     tb.extend(probs[:, tb_index].tolist())
         finally:
             if cr:
@@ -149,7 +149,7 @@ def gate_samples(data_root: str | Path, split_seed: int = 0) -> list:
 
 def evaluate(fp32: dict[str, Path], reduced: dict[str, Path], data_root: str | Path, threshold: float,
              tb_index: int = 1, classifier_size: int | None = None, threads: int = 0,
-             max_images: int | None = None,
+             max_images: int | None = None, prep: str = "box",
              progress: Callable[[str], None] | None = None, n_boot: int = N_BOOT) -> GateResult:
     """Run both builds on the val part and compare. ``fp32``/``reduced``: {"lungs", "classifier"} paths."""
     samples = gate_samples(data_root)
@@ -161,7 +161,7 @@ def evaluate(fp32: dict[str, Path], reduced: dict[str, Path], data_root: str | P
         if progress:
             progress(f"gate: running the {tag} build on {len(samples)} val images")
         runs[tag] = _run(paths["lungs"], paths.get("classifier"), samples, threads, classifier_size,
-                         tb_index)
+                         tb_index, prep=prep)
     a, b = runs["fp32"], runs["reduced"]
     r = GateResult(len(samples), int(y.sum()), len(a.dice), None, None, None, None, 0, None, None, None)
     if a.tb:

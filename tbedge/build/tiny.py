@@ -16,15 +16,25 @@ from pathlib import Path
 TINY_SIZE = 64
 
 
-def tiny_classifier(size: int = TINY_SIZE):
+def tiny_classifier(size: int = TINY_SIZE, lung_channel: bool = False):
     """A small classifier with the real contract: in-graph normalisation, ``probabilities`` and an
-    exact TB ``cam`` (the head's TB weights applied per position, without the bias)."""
+    exact TB ``cam`` (the head's TB weights applied per position, without the bias). With
+    ``lung_channel`` it takes (S, S, 2) inputs and pools over the lungs, as the shipped model."""
     import keras
     from keras import layers
 
+    from ..train.layers import ImageNorm
+
     keras.utils.set_random_seed(1)
+    if lung_channel:
+        from ..train.classifier_models import _normalised_input, _with_head
+
+        inp, x, lung = _normalised_input(size, lung_channel=True)
+        x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+        feat = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+        return _with_head(inp, feat, "tiny_classifier", dropout=0.0, lung=lung)
     inp = keras.Input((size, size, 1), name="image")
-    x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-3)(inp)
+    x = ImageNorm()(inp)
     x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
     feat = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
     dense = layers.Dense(3, name="head")
@@ -52,7 +62,9 @@ def tiny_keras_files() -> tuple[Path, Path]:
     atexit.register(shutil.rmtree, d, True)
     lungs, cls = d / "lungs.keras", d / "classifier.keras"
     tiny_lungs().save(lungs)
-    tiny_classifier().save(cls)
+    tiny_classifier(lung_channel=True).save(cls)
+    # Exercise the whole crop-preparation path (masked + equalised crops, as the shipped model).
+    cls.with_suffix(".json").write_text('{"crop_prep": "masked_eq"}')
     return lungs, cls
 
 

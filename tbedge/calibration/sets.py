@@ -103,11 +103,11 @@ def select(data_root: str | Path, n_per_stratum: int | None = DEFAULT_PER_STRATU
 def make_calibration_set(data_root: str | Path, lungs_model: str | Path, out: str | Path,
                          classifier_size: int, n_per_stratum: int | None = DEFAULT_PER_STRATUM,
                          split_seed: int = 0, threads: int = 0,
-                         progress: Callable[[int, int], None] | None = None) -> CalibrationSet:
+                         progress: Callable[[int, int], None] | None = None, prep: str = "box") -> CalibrationSet:
     """Build a calibration set at directory ``out`` from the ``calib`` part of ``data_root``.
 
     ``lungs_model`` is the fp32 lung ONNX: the classifier's crops come from the real cleaning and
-    crop code fed by it, as at runtime.
+    crop code fed by it, as at runtime, prepared per ``prep`` (the classifier's crop preparation).
     """
     from ..edge.runners.onnxruntime import OnnxRuntimeRunner
 
@@ -126,7 +126,7 @@ def make_calibration_set(data_root: str | Path, lungs_model: str | Path, out: st
             for s, im, xi, h in zip(chunk, imgs, x, heat, strict=True):
                 res = L.analyse(h, im.pixels.shape)
                 lung_in.append(xi)
-                crops.append(L.crop(im.pixels, res.box, classifier_size)[..., None])
+                crops.append(L.classifier_input(im.pixels, res, classifier_size, prep))
                 items.append({"sha256": im.meta.sha256, "site": s.site, "label": s.label,
                               "lungs_fallback": bool(res.fallback)})
             if progress:
@@ -141,6 +141,7 @@ def make_calibration_set(data_root: str | Path, lungs_model: str | Path, out: st
                 "items": items, "strata": dict(sorted(strata.items())),
                 "sizes": {"lungs": lung_size, "classifier": int(classifier_size)},
                 "lungs_model_sha256": sha256_file(lungs_model), "preprocessing": PREPROCESSING,
+                "crop_prep": prep,
                 "tensors_sha256": tensors_digest(arrays)}
     manifest["set_sha256"] = set_hash(manifest)
     _write_dir(Path(out), arrays, manifest)

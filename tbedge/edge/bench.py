@@ -498,7 +498,8 @@ def run_pipeline_child(cfg: dict) -> dict:
             ok = s.result.status == schema.STATUS_OK and s.lungs is not None
             if ok and len(kept["lungs"]) < pipe.batch:
                 kept["lungs"].append(L.preprocess(s.image.pixels, sizes["lungs"]))
-                kept["classifier"].append(L.crop(s.image.pixels, s.lungs.box, sizes["classifier"])[..., None])
+                kept["classifier"].append(L.classifier_input(s.image.pixels, s.lungs, sizes["classifier"],
+                                                             b.crop_prep))
 
         stream = StreamMeter(pipe.run, cfg["images"], result_of=lambda s: s.result)
         stream.warm(max(cfg["warmup"], pipe.batch), on_item=keep)  # >= one full batch of model inputs

@@ -64,6 +64,15 @@ class Bundle:
     def input_size(self, role: str) -> int:
         return int(self.entry(role)["preprocessing"]["size"])
 
+    def input_channels(self, role: str) -> int:
+        """1, or 2 for a classifier that also takes the lung weights (NHWC input)."""
+        return int(self.entry(role)["input"]["shape"][-1])
+
+    @property
+    def crop_prep(self) -> str:
+        """How the classifier's input is made from the lung crop (``lungs.CROP_PREPS``)."""
+        return self.entry("classifier")["preprocessing"].get("crop", "box")
+
     def plan(self, role: str) -> dict | None:
         return (self.manifest.get("plans") or {}).get(role)
 
@@ -169,8 +178,22 @@ def phantom(size: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
+def phantom_input(size: int, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """(size, size, channels) model input from :func:`phantom`; a second channel holds the phantom's
+    lung weights (its two lung ellipses, slightly dilated) for classifiers that take them."""
+    img = phantom(size, seed)
+    if channels == 1:
+        return img[..., None]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    w = np.zeros_like(img)
+    for cx in (0.32 + 0.02 * seed, 0.68 - 0.02 * seed):
+        w[((xx - cx) / 0.16) ** 2 + ((yy - 0.48) / 0.29) ** 2 < 1] = 1
+    return np.stack([img, w], axis=-1)
+
+
 def self_test_inputs(b: Bundle) -> dict[str, np.ndarray]:
-    return {role: np.stack([phantom(b.input_size(role), s) for s in (0, 1)])[..., None] for role in ROLES}
+    return {role: np.stack([phantom_input(b.input_size(role), s, b.input_channels(role)) for s in (0, 1)])
+            for role in ROLES}
 
 
 def run_self_test(b: Bundle, runners: dict) -> dict[str, float]:

@@ -17,6 +17,10 @@ HEAT_THRESHOLD = 0.5
 SECOND_LUNG_MIN_RATIO = 0.10  # a second component smaller than this x the largest is debris
 BBOX_MARGIN = 0.05  # of the box size, each side
 FALLBACK_FRACTION = 0.80  # fallback crop: the central 80 % x 80 % of the image
+# Lung-masked crops: the mask is dilated by this fraction of the crop size (keeps the pleura,
+# apical caps and effusions) and feathered, and the rest of the crop is set to the lung mean, so
+# the classifier cannot key on labels, collimators, tubes or the crop's borders.
+MASK_DILATE = 0.04
 
 # QA limits, chosen from the masks in ../shared/data (all 704 pass them).
 QA_AREA_RANGE = (0.06, 0.65)
@@ -175,6 +179,73 @@ def crop(img: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarr
     """Crop the native image to box and resize to (size, size) float32."""
     x0, y0, x1, y1 = box
     return resize_area(img[y0:y1, x0:x1], size)
+
+
+def mask_in_crop(mask: np.ndarray, box: tuple[int, int, int, int], native_shape: tuple[int, int],
+                 size: int, dilate: float = MASK_DILATE) -> np.ndarray:
+    """The cleaned mask (model resolution) resampled onto the crop grid of ``box`` (native pixels),
+    dilated and feathered: float32 (size, size) weights in [0, 1]."""
+    mh, mw = mask.shape
+    nh, nw = native_shape
+    x0, y0, x1, y1 = box
+    sx, sy = (x1 - x0) / size * mw / nw, (y1 - y0) / size * mh / nh
+    # crop pixel centre u -> native x0 + (u + 0.5) (x1 - x0) / size -> mask pixel (centre convention)
+    m = np.array([[sx, 0, x0 * mw / nw + 0.5 * sx - 0.5], [0, sy, y0 * mh / nh + 0.5 * sy - 0.5]], np.float64)
+    w = cv2.warpAffine(mask.astype(np.float32), m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    w = (w >= 0.5).astype(np.uint8)
+    r = max(1, round(dilate * size))
+    w = cv2.dilate(w, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return np.clip(cv2.GaussianBlur(w.astype(np.float32), (0, 0), r / 2), 0, 1)
+
+
+def apply_mask(crop: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Blend the crop towards its mean inside the lungs where ``weights`` falls to 0."""
+    inside = weights >= 0.5
+    fill = float(crop[inside].mean()) if inside.any() else float(crop.mean())
+    return (crop * weights + fill * (1 - weights)).astype(np.float32)
+
+
+def equalize(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Histogram-equalise the crop on its lung pixels: each pixel becomes the fraction of lung
+    pixels at or below it, so scanners with other tone curves give the same lung histogram."""
+    ref = np.sort(crop[inside] if inside.any() else crop.ravel())
+    return (np.searchsorted(ref, crop, side="right") / len(ref)).astype(np.float32)
+
+
+CROP_PREPS = ("box", "masked", "masked_eq")  # classifier input: plain box crop, lung-masked, + equalised
+
+
+def prepare_crop(crop: np.ndarray, weights: np.ndarray | None, prep: str) -> np.ndarray:
+    """The classifier's input from a box crop and its lung weights (None: fallback box, unmasked)."""
+    if prep not in CROP_PREPS:
+        raise ValueError(f"unknown crop preparation {prep!r}; choose one of {CROP_PREPS}")
+    if prep == "box" or weights is None:
+        return crop
+    if prep == "masked_eq":
+        crop = equalize(crop, weights >= 0.5)
+    return apply_mask(crop, weights)
+
+
+def stack_input(crop: np.ndarray, weights: np.ndarray | None, prep: str) -> np.ndarray:
+    """(S, S, C) float32 classifier input: C = 1 for "box"; otherwise the prepared crop and the lung
+    weights (the model pools its evidence over them). ``weights`` None = fallback box: the crop is
+    left unmasked and every position counts."""
+    x = prepare_crop(crop, weights, prep)
+    if prep == "box":
+        return x[..., None].astype(np.float32)
+    w = np.ones_like(crop) if weights is None else weights
+    return np.stack([x, w], axis=-1).astype(np.float32)
+
+
+def classifier_input(img: np.ndarray, lr: LungResult, size: int, prep: str = "box") -> np.ndarray:
+    """The classifier's (size, size, C) input from the native image and its lung result: the box
+    crop, lung-masked (and equalised) per ``prep`` with its lung weights; a fallback crop is never
+    masked (its mask failed QA)."""
+    c = crop(img, lr.box, size)
+    if prep == "box" or lr.fallback:
+        return stack_input(c, None, prep)
+    return stack_input(c, mask_in_crop(lr.mask, lr.box, img.shape, size), prep)
 
 
 def mask_to_native(mask: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:

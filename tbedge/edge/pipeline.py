@@ -174,7 +174,8 @@ class Pipeline:
             t1 = time.perf_counter()
             try:
                 it.lungs = L.analyse(h, it.image.pixels.shape)
-                it.crop = L.crop(it.image.pixels, it.lungs.box, self.bundle.input_size("classifier"))
+                it.crop = L.classifier_input(it.image.pixels, it.lungs, self.bundle.input_size("classifier"),
+                                             self.bundle.crop_prep)
                 if it.lungs.fallback:
                     it.result.qa_flags.append("lungs_implausible")
             except Exception as e:  # noqa: BLE001
@@ -186,7 +187,7 @@ class Pipeline:
         cams: dict[int, np.ndarray] = {}
         if live:
             t0 = time.perf_counter()
-            outs = self._infer_batch("classifier", np.stack([it.crop for it in live])[..., None])
+            outs = self._infer_batch("classifier", np.stack([it.crop for it in live]))
             per = _ms(t0) / len(live)
             thr = self.bundle.threshold
             names = self.bundle.class_names

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..edge import lungs as L
 from ..schema import CLASS_NAMES
 from . import metrics as M
 from .augment import photometric, random_affine, warp
@@ -31,14 +32,23 @@ class _BudgetSpent(Exception):
     """Raised at the start of an epoch that would overrun the wall-clock budget."""
 
 
-def crop_arrays(crops: Crops, idx: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (n, size, size) crops, resized (area averaging) when the cache has another size."""
+def crop_arrays(crops: Crops, idx: np.ndarray, size: int, prep: str = "box") -> np.ndarray:
+    """uint8 (n, size, size, C) classifier inputs made as at runtime (``lungs.stack_input``: C = 1
+    for "box", else the prepared crop + the lung weights), resized (area averaging) when the cache
+    has another size. Fallback crops stay unmasked: their mask is implausible."""
     x = crops.images[idx]
-    if crops.size == size:
-        return x
-    interp = cv2.INTER_AREA if size < crops.size else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(a, (size, size), interpolation=interp) for a in x]) if len(x) else \
-        np.zeros((0, size, size), np.uint8)
+    if crops.size != size and len(x):
+        interp = cv2.INTER_AREA if size < crops.size else cv2.INTER_LINEAR
+        x = np.stack([cv2.resize(a, (size, size), interpolation=interp) for a in x])
+    if prep == "box":
+        return x[..., None] if len(x) else np.zeros((0, size, size, 1), np.uint8)
+    if crops.mask is None:
+        raise ValueError("this crop cache has no lung masks: rebuild it with `tbedge train crops`")
+    out = np.zeros((len(x), size, size, 2), np.uint8)
+    for j, (a, m, fb) in enumerate(zip(x, crops.mask[idx], crops.fallback[idx], strict=True)):
+        w = None if fb else cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) / 255.0
+        out[j] = np.round(L.stack_input(a / 255.0, w, prep) * 255).astype(np.uint8)
+    return out
 
 
 def class_index(labels: np.ndarray) -> np.ndarray:
@@ -58,12 +68,12 @@ def balanced_weights(y: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.nda
 
 
 def predict_probabilities(model, x_uint8: np.ndarray, batch: int = 32) -> np.ndarray:
-    """(n, S, S) uint8 crops -> (n, 3) probabilities with a Keras model (inference mode)."""
+    """(n, S, S, C) uint8 inputs -> (n, 3) probabilities with a Keras model (inference mode)."""
     from keras import ops
 
     out = []
     for i in range(0, len(x_uint8), batch):
-        xb = x_uint8[i:i + batch].astype(np.float32)[..., None] / 255.0
+        xb = x_uint8[i:i + batch].astype(np.float32) / 255.0
         out.append(ops.convert_to_numpy(model(xb, training=False)[0]))
     return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
@@ -113,7 +123,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 12,
                      label_smoothing: float = 0.05, aug_strength: float = 1.0, split_seed: int = 0,
                      max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
-                     log: Callable[[str], None] = print) -> dict:
+                     prep: str = "box", log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -136,17 +146,17 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     parts = crops.parts(fold, seed=split_seed)
     sel_name = "site_val" if fold else "val"
     tr, sel = parts["train"], parts[sel_name]
-    xtr, ytr = crop_arrays(crops, tr, size), class_index(crops.label[tr])
-    xse, yse = crop_arrays(crops, sel, size), class_index(crops.label[sel])
+    xtr, ytr = crop_arrays(crops, tr, size, prep), class_index(crops.label[tr])
+    xse, yse = crop_arrays(crops, sel, size, prep), class_index(crops.label[sel])
     extra = None
     if fold:  # in-distribution val of the other sites: logged only, never selects
-        extra = (crop_arrays(crops, parts["val"], size), class_index(crops.label[parts["val"]]))
+        extra = (crop_arrays(crops, parts["val"], size, prep), class_index(crops.label[parts["val"]]))
     wtr = balanced_weights(ytr)
     wse = balanced_weights(yse)
     log(f"classifier {arch}@{size}: train {len(tr)} {np.bincount(ytr, minlength=3).tolist()}, "
         f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
 
-    model = build_classifier(arch, size)
+    model = build_classifier(arch, size, lung_channel=prep != "box")
     model.compile(keras.optimizers.AdamW(lr, weight_decay=weight_decay),
                   loss=[keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None],
                   run_eagerly=run_eagerly)
@@ -170,11 +180,13 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         order = rng.permutation(len(xtr))[:steps * batch]
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
-            bx = np.empty((len(idx), size, size, 1), np.float32)
+            bx = np.empty((len(idx), *xtr.shape[1:]), np.float32)
             for j, k in enumerate(idx):
-                img = xtr[k].astype(np.float32) / 255.0
+                img = xtr[k].astype(np.float32) / 255.0  # (S, S, C): crop [+ lung weights]
                 img = warp(img, random_affine(rng, (size, size), rot=5.0, shift=0.04, scale=(0.93, 1.07)))
-                bx[j, ..., 0] = photometric(rng, img, aug_strength)
+                img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
+                bx[j] = img
+                bx[j, ..., 0] = photometric(rng, img[..., 0], aug_strength)  # photometry on the crop only
             yield bx, (np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr[idx]], None), (wtr[idx], None)
 
     def evaluate(m):
@@ -195,6 +207,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     config = {"arch": arch, "size": size, "seed": seed, "fold": fold, "selection": sel_name, "epochs": epochs,
               "budget_minutes": budget_minutes, "batch": batch, "lr": lr, "weight_decay": weight_decay,
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
+              "prep": prep,
               "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
               "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))
@@ -258,7 +271,7 @@ def _classifier_fn(model_path: str | Path):
     fn, size = model_predictor(model_path, "probabilities", "classifier model")
 
     def run(x, batch=32):
-        outs = [fn(x[i:i + batch].astype(np.float32)[..., None] / 255.0) for i in range(0, len(x), batch)]
+        outs = [fn(x[i:i + batch].astype(np.float32) / 255.0) for i in range(0, len(x), batch)]
         return np.concatenate(outs) if outs else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
     return run, size
@@ -267,7 +280,7 @@ def _classifier_fn(model_path: str | Path):
 def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | Path,
                         lung_model: str | Path | None = None, threshold: float | None = None,
                         part: str | None = None, fold: str | None = None, split_seed: int = 0,
-                        log: Callable[[str], None] = print) -> dict:
+                        prep: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Score ``source`` (a crops .npz, or an image folder cropped with ``lung_model``) with the
     classifier ``model_path`` (.keras or .onnx); write metrics.json, predictions.csv and roc.png
     into ``out`` and return the metrics dict.
@@ -275,7 +288,12 @@ def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | P
     ``part``: 'all', a split part (train/val/calib/test) or, with ``fold``, site_val/site_test;
     default 'test' ('site_test' with a fold) for a crops .npz, 'all' for an image folder. Pass the locked
     ``threshold``; without one it is chosen on this data (reported as 'chosen_here').
+    ``prep`` (crop preparation) None: as the training run beside the model says (its config.json),
+    else "box".
     """
+    if prep is None:
+        cfg = Path(model_path).parent / "config.json"
+        prep = json.loads(cfg.read_text()).get("prep", "box") if cfg.exists() else "box"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run, size = _classifier_fn(model_path)
@@ -291,11 +309,11 @@ def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | P
     if part not in parts:
         raise ValueError(f"unknown part {part!r}; choose one of {sorted(parts)}")
     idx = parts[part]
-    probs = run(crop_arrays(crops, idx, size)) if len(idx) else np.zeros((0, 3), np.float32)
+    probs = run(crop_arrays(crops, idx, size, prep)) if len(idx) else np.zeros((0, 3), np.float32)
     pred = {"probabilities": probs, "label": crops.label[idx], "site": crops.site[idx],
             "source": crops.source[idx], "fallback": crops.fallback[idx]}
     res = M.evaluate(pred, threshold)
-    res.update({"model": str(model_path), "source": str(source), "part": part, "fold": fold})
+    res.update({"model": str(model_path), "source": str(source), "part": part, "fold": fold, "prep": prep})
     y = crops.label[idx] == "tb"
     lab = np.isin(crops.label[idx], CLASS_NAMES)
     if y.any() and (~y[lab]).any():

@@ -15,6 +15,7 @@ import keras
 from keras import layers, ops
 
 from ..schema import CLASS_NAMES
+from .layers import ImageNorm
 
 TB_INDEX = CLASS_NAMES.index("tb")
 BN_MOMENTUM = 0.9  # the Keras default 0.99 lagged the weights and collapsed val AUC here
@@ -40,13 +41,21 @@ class CamHead(layers.Layer):
         self.kernel = self.add_weight(shape=(c, self.n_classes), initializer="glorot_uniform", name="kernel")
         self.bias = self.add_weight(shape=(self.n_classes,), initializer="zeros", name="bias")
 
-    def call(self, f):
+    def call(self, f, lung=None):
         scores = ops.matmul(f, self.kernel)  # (B, h, w, n): per-position class evidence
-        logits = ops.mean(scores, axis=(1, 2)) + self.bias
-        return logits, scores[..., self.cam_class]
+        if lung is None:
+            logits = ops.mean(scores, axis=(1, 2)) + self.bias
+            return logits, scores[..., self.cam_class]
+        # Lung-weighted average instead of the plain mean: only lung positions vote, and the CAM is
+        # scaled so that its plain spatial mean + bias is still exactly the TB logit.
+        w = lung[..., 0]  # (B, h, w) lung fraction of each feature cell
+        denom = ops.sum(w, axis=(1, 2)) + 1e-3
+        logits = ops.sum(scores * w[..., None], axis=(1, 2)) / denom[:, None] + self.bias
+        cells = float(f.shape[1] * f.shape[2])
+        return logits, scores[..., self.cam_class] * w * (cells / denom)[:, None, None]
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.n_classes), tuple(input_shape[:3])
+    def compute_output_shape(self, f_shape, lung_shape=None):
+        return (f_shape[0], self.n_classes), tuple(f_shape[:3])
 
     def get_config(self):
         return {**super().get_config(), "n_classes": self.n_classes, "cam_class": self.cam_class}
@@ -62,17 +71,46 @@ def _conv(x, f, k, s=1, act=True, name=None, padding="same"):
     return layers.Activation("relu", name=None if name is None else name + "_relu")(x) if act else x
 
 
-def _normalised_input(size: int):
-    inp = keras.Input((size, size, 1), name="image")
+@keras.saving.register_keras_serializable(package="tbedge")
+class ChannelSlice(layers.Layer):
+    """Channels [start, stop) of an NHWC tensor (the lung-weight input rides as channel 1)."""
+
+    def __init__(self, start: int, stop: int, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = start, stop
+
+    def call(self, x):
+        return x[..., self.start:self.stop]
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:3], self.stop - self.start)
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+def _normalised_input(size: int, lung_channel: bool = False):
+    """(input, normalised image, lung weights or None). With ``lung_channel`` the input is
+    (S, S, 2): the prepared crop and the lung weights on the crop grid (``lungs.classifier_input``)."""
+    inp = keras.Input((size, size, 2 if lung_channel else 1), name="image")
+    img = ChannelSlice(0, 1, name="crop")(inp) if lung_channel else inp
+    lung = ChannelSlice(1, 2, name="lung_weights")(inp) if lung_channel else None
     # Per-image standardisation in the graph: every backend gets it, and sites with other
     # exposure levels look alike to the network.
-    x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-3, name="norm")(inp)
-    return inp, x
+    x = ImageNorm(name="norm")(img)
+    return inp, x, lung
 
 
-def _with_head(inp, features, name: str, dropout: float = 0.2):
+def _with_head(inp, features, name: str, dropout: float = 0.2, lung=None):
     x = layers.Dropout(dropout, name="head_dropout")(features) if dropout else features
-    logits, cam = CamHead(name="cam_head")(x)
+    if lung is not None:
+        pool = int(inp.shape[1]) // int(features.shape[1])
+        if pool * int(features.shape[1]) != int(inp.shape[1]) or features.shape[1] != features.shape[2]:
+            raise ValueError(f"lung weights need a feature grid that divides the input ({features.shape})")
+        lung = layers.AveragePooling2D(pool, name="lung_cells")(lung)
+        logits, cam = CamHead(name="cam_head")(x, lung)
+    else:
+        logits, cam = CamHead(name="cam_head")(x)
     probs = layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
     cam = layers.Identity(name="cam", dtype="float32")(cam)
     return keras.Model(inp, [probs, cam], name=name)
@@ -188,19 +226,21 @@ def _resnet_s(x):
     return x
 
 
-def build_classifier(arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, dropout: float = 0.2) -> keras.Model:
-    """Build an untrained classifier ``arch`` (one of ARCHS) for S x S lung crops."""
+def build_classifier(arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, dropout: float = 0.2,
+                     lung_channel: bool = False) -> keras.Model:
+    """Build an untrained classifier ``arch`` (one of ARCHS) for S x S lung crops; with
+    ``lung_channel`` it also takes the lung weights and pools only over the lungs."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
     if arch == "inception_resnet_v2" and size < 75:
         raise ValueError("inception_resnet_v2 needs crops of at least 75 px")
-    inp, x = _normalised_input(size)
+    inp, x, lung = _normalised_input(size, lung_channel)
     if arch == "inception_resnet_v2":
         feats = _inception_resnet_v2(x, size)
     else:
         body = {"alexnet": _alexnet, "googlenet": _googlenet, "edge_irn": _edge_irn, "resnet_s": _resnet_s}
         feats = body[arch](x)
-    return _with_head(inp, feats, f"tbedge_{arch}", dropout)
+    return _with_head(inp, feats, f"tbedge_{arch}", dropout, lung)
 
 
 # -- cost accounting ------------------------------------------------------------------------
@@ -217,7 +257,7 @@ def count_macs(model: keras.Model) -> int:
             continue
         if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, CamHead)):
             out = layer.output[0] if isinstance(layer, CamHead) else layer.output
-            inp = layer.input
+            inp = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
             cin = int(inp.shape[-1])
             if isinstance(layer, layers.DepthwiseConv2D):
                 kh, kw = layer.kernel_size

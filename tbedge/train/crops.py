@@ -44,6 +44,7 @@ def build_crop_cache(data: str | Path | list[Sample], lung_model, out: str | Pat
     out = Path(out)
     n = len(samples)
     crops = np.zeros((n, size, size), np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)  # lung weights on the crop grid (0-255)
     boxes = np.zeros((n, 4), np.int32)
     native = np.zeros((n, 2), np.int32)
     fallback = np.zeros(n, bool)
@@ -68,6 +69,7 @@ def build_crop_cache(data: str | Path | list[Sample], lung_model, out: str | Pat
         for h, (i, img) in zip(heat, imgs.items(), strict=True):
             r = L.analyse(h, img.shape)
             crops[i] = np.round(np.clip(L.crop(img, r.box, size), 0, 1) * 255).astype(np.uint8)
+            masks[i] = np.round(L.mask_in_crop(r.mask, r.box, img.shape, size) * 255).astype(np.uint8)
             boxes[i], native[i], fallback[i] = r.box, img.shape, r.fallback
             area[i], failures[i], ok[i] = r.qa.area_fraction, ",".join(r.qa.failures), True
         if (start // batch) % 10 == 0:
@@ -82,7 +84,8 @@ def build_crop_cache(data: str | Path | list[Sample], lung_model, out: str | Pat
     def col(attr):
         return np.array([str(getattr(samples[i], attr) or "") for i in keep])
 
-    _atomic_savez(out, crops=crops[keep], box=boxes[keep], native_shape=native[keep], fallback=fallback[keep],
+    _atomic_savez(out, crops=crops[keep], mask=masks[keep], box=boxes[keep], native_shape=native[keep],
+                  fallback=fallback[keep],
                   area_fraction=area[keep], qa_failures=np.array([failures[i] for i in keep]),
                   path=col("path"), label=col("label"), site=col("site"), patient=col("patient"),
                   source=col("source"), meta=np.array(json.dumps(meta)))
@@ -102,6 +105,7 @@ class Crops:
     fallback: np.ndarray
     box: np.ndarray
     meta: dict
+    mask: np.ndarray | None = None  # (N, S, S) uint8 lung weights; None in caches made before masks
 
     @property
     def size(self) -> int:
@@ -133,4 +137,4 @@ class Crops:
 def load_crops(path: str | Path) -> Crops:
     with np.load(path, allow_pickle=False) as z:
         return Crops(z["crops"], z["path"], z["label"], z["site"], z["patient"], z["source"],
-                     z["fallback"], z["box"], json.loads(str(z["meta"])))
+                     z["fallback"], z["box"], json.loads(str(z["meta"])), z["mask"] if "mask" in z else None)

@@ -56,7 +56,9 @@ def dice_scores(heat: np.ndarray, ys: np.ndarray, cleaned: bool = True) -> np.nd
 
 def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: int = L.LUNG_INPUT,
                 base: int = 12, seed: int = 0, exclude_site: str | None = None, patience: int = 6,
-                log=print) -> dict:
+                lr: float = 2e-3, init: Path | None = None, log=print) -> dict:
+    """Train (or, with ``init``, fine-tune a saved lung model: warm start, new cosine schedule
+    from ``lr``); resumable from ``out``."""
     import keras
 
     from .loop import run_epochs
@@ -69,10 +71,17 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
     xtr, ytr = load_pairs(parts["train"], size)
     xva, yva = load_pairs(parts["val"], size)
 
-    model = build_unet(size, base)
+    if init:
+        from .predict import load_keras
+
+        model = load_keras(init)
+        size, base = model.input_shape[1], None
+        log(f"lungs: warm start from {init}")
+    else:
+        model = build_unet(size, base)
 
     steps = int(np.ceil(len(xtr) / batch))
-    sched = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps * epochs, alpha=0.05)
+    sched = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * epochs, alpha=0.05)
     model.compile(keras.optimizers.Adam(sched), loss=bce_dice_loss)
 
     def batches(epoch):
@@ -95,7 +104,8 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
     state = run_epochs(model, out, epochs, batches, steps, evaluate, "val_dice", patience, log,
                        custom_objects={"loss": bce_dice_loss, "bce_dice_loss": bce_dice_loss})
     (out / "config.json").write_text(json.dumps({"size": size, "base": base, "seed": seed, "epochs": epochs,
-                                                 "batch": batch, "exclude_site": exclude_site}, indent=1))
+                                                 "batch": batch, "exclude_site": exclude_site, "lr": lr,
+                                                 "init": str(init) if init else None}, indent=1))
     return state
 
 

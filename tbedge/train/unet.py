@@ -17,6 +17,8 @@ def build_unet(size: int = 256, base: int = 16, depth: int = 4, name: str = "tbe
     import keras
     from keras import layers
 
+    from .layers import ImageNorm
+
     def block(x, f):
         for _ in range(2):
             x = layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
@@ -27,7 +29,7 @@ def build_unet(size: int = 256, base: int = 16, depth: int = 4, name: str = "tbe
     inp = keras.Input((size, size, 1), name="image")
     # Per-image standardisation inside the graph: every backend gets it and sites with other
     # exposure levels look alike to the network.
-    x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-3, name="norm")(inp)
+    x = ImageNorm(name="norm")(inp)
     skips = []
     for d in range(depth):
         x = block(x, base * 2**d)

@@ -336,15 +336,19 @@ class TensorRTRunner(Runner):
 # -- both models on the device -------------------------------------------------------------------
 def screen_on_device(gp, slot: int, n: int, native_shapes: list[tuple[int, int]], lungs_rt: TensorRTRunner,
                      cls_rt: TensorRTRunner, analyse: Callable | None = None, lung_out: str = "mask",
-                     cls_in: str = "image", lung_in: str = "image") -> list[dict]:
+                     cls_in: str = "image", lung_in: str = "image", crop_prep: str = "box") -> list[dict]:
     """Lung plan -> mask analysis -> crop -> classifier for the ``n`` images already submitted to
     ``gp`` (a GpuPreprocessor) in ``slot``. The native images never leave the device; the host
     sees only the (n, 256, 256) heat map (for cleaning and QA, ~0.1 ms on the CPU) and the
     classifier outputs. ``analyse`` is lungs.analyse unless given.
 
     Returns per image {"lungs": LungResult, **classifier outputs as numpy}.
+    Only plain box crops: lung masking (``crop_prep`` other than "box") has no device kernel yet.
     """
     from ..cuda import device as dv
+
+    if crop_prep != "box":
+        raise NotImplementedError(f"crop_prep {crop_prep!r} on the device: use the pipeline's host crop")
 
     if analyse is None:
         from ..lungs import analyse

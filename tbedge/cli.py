@@ -271,6 +271,8 @@ def train_classifier(
     fold: str = typer.Option(None, "--fold", help="Hold out a site: shenzhen | montgomery."),
     patience: int = typer.Option(12, "--patience", help="Early stopping patience (epochs)."),
     prep: str = typer.Option("box", "--prep", help="Crop preparation: box | masked | masked_eq."),
+    size: int = typer.Option(None, "--size", help="Input size (default: the crop cache's)."),
+    aug_strength: float = typer.Option(1.0, "--aug-strength", help="Scale of the photometric augmentation."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -279,7 +281,7 @@ def train_classifier(
     from .train.classifier import train_classifier as run
 
     state = run(data, arch, out, seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold,
-                patience=patience, prep=prep)
+                patience=patience, prep=prep, size=size, aug_strength=aug_strength)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

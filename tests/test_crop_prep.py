@@ -65,7 +65,9 @@ def test_prepare_crop_modes():
     w = np.zeros_like(crop)
     w[8:24, 8:24] = 1
     assert L.prepare_crop(crop, w, "box") is crop
-    assert L.prepare_crop(crop, None, "masked_eq") is crop  # fallback crops are never masked
+    # Fallback crops (no trusted mask) are never masked, only equalised over the whole crop.
+    np.testing.assert_array_equal(L.prepare_crop(crop, None, "masked_eq"), L.equalize(crop, crop >= 0))
+    np.testing.assert_array_equal(L.prepare_crop(crop, None, "masked"), crop)
     masked = L.prepare_crop(crop, w, "masked")
     assert np.ptp(masked[:4]) == 0 and not np.array_equal(masked, crop)
     eq = L.prepare_crop(crop, w, "masked_eq")
@@ -80,7 +82,8 @@ def test_fallback_crop_is_not_masked():
     assert lr.fallback
     x = L.classifier_input(img, lr, 64, "masked_eq")
     assert x.shape == (64, 64, 2)
-    np.testing.assert_array_equal(x[..., 0], L.crop(img, lr.box, 64))
+    c = L.crop(img, lr.box, 64)
+    np.testing.assert_array_equal(x[..., 0], L.equalize(c, c >= 0))  # equalised, not masked
     assert np.all(x[..., 1] == 1)  # every position counts
     assert L.classifier_input(img, lr, 64, "box").shape == (64, 64, 1)
 

@@ -217,31 +217,32 @@ CROP_PREPS = ("box", "masked", "masked_eq")  # classifier input: plain box crop,
 
 
 def prepare_crop(crop: np.ndarray, weights: np.ndarray | None, prep: str) -> np.ndarray:
-    """The classifier's input from a box crop and its lung weights (None: fallback box, unmasked)."""
+    """The classifier's image from a box crop and its lung weights. ``weights`` None (a fallback
+    box: the mask failed QA) means all ones: nothing is masked, the whole crop is equalised."""
     if prep not in CROP_PREPS:
         raise ValueError(f"unknown crop preparation {prep!r}; choose one of {CROP_PREPS}")
-    if prep == "box" or weights is None:
+    if prep == "box":
         return crop
+    w = np.ones_like(crop) if weights is None else weights
     if prep == "masked_eq":
-        crop = equalize(crop, weights >= 0.5)
-    return apply_mask(crop, weights)
+        crop = equalize(crop, w >= 0.5)
+    return apply_mask(crop, w)
 
 
 def stack_input(crop: np.ndarray, weights: np.ndarray | None, prep: str) -> np.ndarray:
     """(S, S, C) float32 classifier input: C = 1 for "box"; otherwise the prepared crop and the lung
     weights (the model pools its evidence over them). ``weights`` None = fallback box: the crop is
     left unmasked and every position counts."""
-    x = prepare_crop(crop, weights, prep)
     if prep == "box":
-        return x[..., None].astype(np.float32)
+        return prepare_crop(crop, None, prep)[..., None].astype(np.float32)
     w = np.ones_like(crop) if weights is None else weights
-    return np.stack([x, w], axis=-1).astype(np.float32)
+    return np.stack([prepare_crop(crop, w, prep), w], axis=-1).astype(np.float32)
 
 
 def classifier_input(img: np.ndarray, lr: LungResult, size: int, prep: str = "box") -> np.ndarray:
     """The classifier's (size, size, C) input from the native image and its lung result: the box
     crop, lung-masked (and equalised) per ``prep`` with its lung weights; a fallback crop is never
-    masked (its mask failed QA)."""
+    masked (its mask failed QA: weights all ones)."""
     c = crop(img, lr.box, size)
     if prep == "box" or lr.fallback:
         return stack_input(c, None, prep)

@@ -32,10 +32,10 @@ class _BudgetSpent(Exception):
     """Raised at the start of an epoch that would overrun the wall-clock budget."""
 
 
-def crop_arrays(crops: Crops, idx: np.ndarray, size: int, prep: str = "box") -> np.ndarray:
-    """uint8 (n, size, size, C) classifier inputs made as at runtime (``lungs.stack_input``: C = 1
-    for "box", else the prepared crop + the lung weights), resized (area averaging) when the cache
-    has another size. Fallback crops stay unmasked: their mask is implausible."""
+def raw_arrays(crops: Crops, idx: np.ndarray, size: int, prep: str = "box") -> np.ndarray:
+    """uint8 (n, size, size, C): the box crops (resized with area averaging when the cache has
+    another size), plus for a masked ``prep`` the lung weights (all 255 for fallback boxes, whose
+    mask is implausible). Augment these, then :func:`prepare` them."""
     x = crops.images[idx]
     if crops.size != size and len(x):
         interp = cv2.INTER_AREA if size < crops.size else cv2.INTER_LINEAR
@@ -44,11 +44,29 @@ def crop_arrays(crops: Crops, idx: np.ndarray, size: int, prep: str = "box") -> 
         return x[..., None] if len(x) else np.zeros((0, size, size, 1), np.uint8)
     if crops.mask is None:
         raise ValueError("this crop cache has no lung masks: rebuild it with `tbedge train crops`")
-    out = np.zeros((len(x), size, size, 2), np.uint8)
-    for j, (a, m, fb) in enumerate(zip(x, crops.mask[idx], crops.fallback[idx], strict=True)):
-        w = None if fb else cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) / 255.0
-        out[j] = np.round(L.stack_input(a / 255.0, w, prep) * 255).astype(np.uint8)
+    out = np.full((len(x), size, size, 2), 255, np.uint8)
+    for j, (m, fb) in enumerate(zip(crops.mask[idx], crops.fallback[idx], strict=True)):
+        if not fb:
+            out[j, ..., 1] = cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA)
+    out[..., 0] = x
     return out
+
+
+def prepare(raw: np.ndarray, prep: str) -> np.ndarray:
+    """float32 (S, S, C) [0, 1] raw crop [+ lung weights] -> the model input (``lungs.stack_input``)."""
+    if prep == "box":
+        return raw.astype(np.float32)
+    return L.stack_input(raw[..., 0], raw[..., 1], prep)
+
+
+def crop_arrays(crops: Crops, idx: np.ndarray, size: int, prep: str = "box") -> np.ndarray:
+    """uint8 (n, size, size, C) classifier inputs made as at runtime (C = 1 for "box", else the
+    prepared crop + the lung weights)."""
+    raw = raw_arrays(crops, idx, size, prep)
+    if prep == "box":
+        return raw
+    return np.stack([np.round(prepare(r / 255.0, prep) * 255).astype(np.uint8) for r in raw]) if len(raw) \
+        else raw
 
 
 def class_index(labels: np.ndarray) -> np.ndarray:
@@ -146,7 +164,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     parts = crops.parts(fold, seed=split_seed)
     sel_name = "site_val" if fold else "val"
     tr, sel = parts["train"], parts[sel_name]
-    xtr, ytr = crop_arrays(crops, tr, size, prep), class_index(crops.label[tr])
+    xtr, ytr = raw_arrays(crops, tr, size, prep), class_index(crops.label[tr])  # augmented, then prepared
     xse, yse = crop_arrays(crops, sel, size, prep), class_index(crops.label[sel])
     extra = None
     if fold:  # in-distribution val of the other sites: logged only, never selects
@@ -182,11 +200,11 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
             idx = order[i:i + batch]
             bx = np.empty((len(idx), *xtr.shape[1:]), np.float32)
             for j, k in enumerate(idx):
-                img = xtr[k].astype(np.float32) / 255.0  # (S, S, C): crop [+ lung weights]
+                img = xtr[k].astype(np.float32) / 255.0  # (S, S, C): raw crop [+ lung weights]
                 img = warp(img, random_affine(rng, (size, size), rot=5.0, shift=0.04, scale=(0.93, 1.07)))
                 img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
-                bx[j] = img
-                bx[j, ..., 0] = photometric(rng, img[..., 0], aug_strength)  # photometry on the crop only
+                img[..., 0] = photometric(rng, img[..., 0], aug_strength)  # the film varies, the mask not
+                bx[j] = prepare(img, prep)  # then masked / equalised exactly as at runtime
             yield bx, (np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr[idx]], None), (wtr[idx], None)
 
     def evaluate(m):

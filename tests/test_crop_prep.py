@@ -126,3 +126,14 @@ def test_shipped_lung_model_exports_within_1e4(tf_keras, data_root, tmp_path):
     x = np.stack([L.preprocess(load_image(s.path).pixels) for s in test]).astype(np.float32)
     diffs = parity(model, export_onnx(model, tmp_path / "lungs.onnx"), x, atol=1e-4)
     assert diffs["mask"] < 1e-4
+
+
+def test_hottest_point_is_the_hottest_cells_centre():
+    """Not the first maximum of the upsampled map, which sits on the crop's edge for edge cells."""
+    from tbedge.train.cam_check import hottest_point
+
+    cam = np.zeros((7, 7), np.float32)
+    cam[0, 3] = 5.0  # an apical cell
+    assert hottest_point(cam, (100, 200, 800, 900)) == (250, 450)
+    cam[6, 0] = 6.0
+    assert hottest_point(cam, (0, 0, 70, 70)) == (65, 5)

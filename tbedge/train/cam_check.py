@@ -8,8 +8,17 @@ import cv2
 import numpy as np
 
 from ..datasets import discover, read_mask, split
-from ..edge.outputs import heat_in_box
 from ..edge.pipeline import Pipeline
+
+
+def hottest_point(cam: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int]:
+    """Native (y, x) of the centre of the hottest CAM cell. Not the argmax of the bilinear map:
+    that is flat beyond the outer cell centres, and its first maximum then lands on the crop's
+    edge (above the apices for the many films whose hottest cell is apical)."""
+    gh, gw = cam.shape
+    cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    x0, y0, x1, y1 = box
+    return int(y0 + (cy + 0.5) * (y1 - y0) / gh), int(x0 + (cx + 0.5) * (x1 - x0) / gw)
 
 
 def cam_hit_rate(data: str | Path, engine: str | Path | None = None, part: str = "test") -> dict:
@@ -23,10 +32,8 @@ def cam_hit_rate(data: str | Path, engine: str | Path | None = None, part: str =
                 continue
             gt = read_mask(s.mask)
             gt = cv2.resize(gt.astype(np.uint8), sc.image.pixels.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
-            x0, y0, _, _ = sc.lungs.box
-            heat = heat_in_box(sc.cam, sc.lungs.box)
-            y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-            hits.append(bool(gt[y0 + y, x0 + x]))
+            y, x = hottest_point(sc.cam, sc.lungs.box)
+            hits.append(bool(gt[y, x]))
             chance.append(float(gt.mean()))
     return {"part": part, "n": len(hits), "hottest_point_in_lungs": float(np.mean(hits)),
             "uniform_random_point_in_lungs": float(np.mean(chance))}

@@ -67,6 +67,29 @@ def test_lung_weighted_head_is_exact_and_ignores_cells_outside_the_lungs(cm):
     assert np.all(cam[1] != 0) and np.all(cam[2, :, 0] == 0)
 
 
+def test_ensemble_averages_logits_and_keeps_the_cam_exact(cm, tmp_path):
+    import keras
+
+    from tbedge.train.predict import load_keras
+
+    ms = [cm.build_classifier(cm.DEFAULT_ARCH, 64, lung_channel=True) for _ in range(2)]
+    for m, b in zip(ms, ([0.3, -0.7, 0.2], [0.1, 0.5, -0.2]), strict=True):
+        m.get_layer("cam_head").bias.assign(np.array(b, np.float32))
+    e = cm.ensemble(ms)
+    e.save(tmp_path / "e.keras")
+    e = load_keras(tmp_path / "e.keras")
+    x = np.random.default_rng(4).random((2, 64, 64, 2), dtype=np.float32)
+    x[0, ..., 1] = 0
+    x[0, 10:50, 5:30, 1] = 1
+    logits = [keras.ops.convert_to_numpy(keras.Model(m.input, m.get_layer("cam_head").output[0])(x)) for m in ms]
+    probs, cam = (keras.ops.convert_to_numpy(t) for t in e(x, training=False))
+    mean_logit = (logits[0] + logits[1]) / 2
+    np.testing.assert_allclose(probs, keras.ops.convert_to_numpy(keras.ops.softmax(mean_logit)), atol=1e-5)
+    tb_bias = (-0.7 + 0.5) / 2
+    np.testing.assert_allclose(cam.mean(axis=(1, 2)) + tb_bias, mean_logit[:, 1], atol=1e-4)
+    assert cm.describe(e)["params"] == 2 * cm.describe(ms[0])["params"]
+
+
 def test_default_arch_budget_and_roundtrip(cm, tmp_path):
     import keras
 

@@ -37,8 +37,8 @@ def test_full_native_path(data_root, lung_runner):
     gt = read_mask(fullres_native(data_root)["CHNCXR_0007_0"])
     lr = L.analyse(lung_runner(img), img.shape)
     native = L.mask_to_native(lr.mask, img.shape)
-    # Regression guard, not the 0.95 goal: this annotation includes the lung behind the diaphragm
-    # dome, which the shipped model leaves out (Dice 0.84 measured; see the lung model card).
+    # Regression guard, not the 0.95 goal: the shipped model stops at the left hemidiaphragm's dome
+    # where this annotation goes on to the costophrenic angle (Dice 0.84 measured; see the card).
     assert L.dice(native, gt) >= 0.80
     # The native path agrees with the 512² copy of the same film (same crop, same mask up to resizing).
     small = data_root / "shenzhen_montgomery_512" / "images" / "normal" / "CHNCXR_0007_0.png"

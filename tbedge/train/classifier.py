@@ -141,7 +141,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 12,
                      label_smoothing: float = 0.05, aug_strength: float = 1.0, split_seed: int = 0,
                      max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
-                     prep: str = "box", log: Callable[[str], None] = print) -> dict:
+                     prep: str = "box", nih_weight: float = 1.0, log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -170,6 +170,9 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     if fold:  # in-distribution val of the other sites: logged only, never selects
         extra = (crop_arrays(crops, parts["val"], size, prep), class_index(crops.label[parts["val"]]))
     wtr = balanced_weights(ytr)
+    if nih_weight != 1.0:  # NIH brings only non-TB films: its "look" alone says "not TB"
+        wtr = np.where(crops.site[tr] == "nih", wtr * nih_weight, wtr).astype(np.float32)
+        wtr *= len(wtr) / wtr.sum()
     wse = balanced_weights(yse)
     log(f"classifier {arch}@{size}: train {len(tr)} {np.bincount(ytr, minlength=3).tolist()}, "
         f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
@@ -225,7 +228,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     config = {"arch": arch, "size": size, "seed": seed, "fold": fold, "selection": sel_name, "epochs": epochs,
               "budget_minutes": budget_minutes, "batch": batch, "lr": lr, "weight_decay": weight_decay,
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
-              "prep": prep,
+              "prep": prep, "nih_weight": nih_weight,
               "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
               "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))

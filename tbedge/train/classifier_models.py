@@ -243,6 +243,23 @@ def build_classifier(arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, dropout
     return _with_head(inp, feats, f"tbedge_{arch}", dropout, lung)
 
 
+def ensemble(members: list[keras.Model], name: str = "tbedge_ensemble") -> keras.Model:
+    """One model averaging the members' logits and TB CAMs (same input). The heat map stays exact:
+    mean(cam) + mean of the members' TB biases = the ensemble's TB logit."""
+    inp = keras.Input(tuple(members[0].input.shape[1:]), name="image")
+    logits, cams = [], []
+    for i, m in enumerate(members):
+        sub = keras.Model(m.input, [m.get_layer("cam_head").output[0], m.get_layer("cam").output],
+                          name=f"member_{i}")
+        lo, ca = sub(inp)
+        logits.append(lo)
+        cams.append(ca)
+    probs = layers.Activation("softmax", name="probabilities", dtype="float32")(
+        layers.Average(name="ensemble_logits")(logits))
+    cam = layers.Identity(name="cam", dtype="float32")(layers.Average(name="ensemble_cam")(cams))
+    return keras.Model(inp, [probs, cam], name=name)
+
+
 # -- cost accounting ------------------------------------------------------------------------
 def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates of one forward pass (convolutions, dense layers and the head).

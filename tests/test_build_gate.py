@@ -38,14 +38,17 @@ def fp32_models(tf_keras):
     from tbedge.edge.bundle import load_bundle
 
     b = load_bundle(tiny_fp32_bundle())
-    return {r: b.model_path(r) for r in ("lungs", "classifier")}
+    return {r: b.model_path(r) for r in ("lungs", "classifier")}, b.crop_prep
 
 
 def test_gate_passes_identical_and_fails_broken(data_root, fp32_models, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    same = G.evaluate(fp32_models, fp32_models, data_root, 0.4, classifier_size=64, max_images=24, n_boot=50)
+    fp32_models, prep = fp32_models  # the classifier takes lung-masked crops: the gate must make them too
+
+    same = G.evaluate(fp32_models, fp32_models, data_root, 0.4, classifier_size=64, max_images=24, n_boot=50,
+                      prep=prep)
     assert same.passed and same.delta_auc == 0 and same.dice_drop == 0 and same.n_masks > 0 and same.n_tb > 0
     # a lung model that sees no lung at all must fail the Dice gate
     m = onnx.load(str(fp32_models["lungs"]))
@@ -58,7 +61,7 @@ def test_gate_passes_identical_and_fails_broken(data_root, fp32_models, tmp_path
     m.graph.node.extend(nodes[:i] + [shift] + nodes[i:])
     onnx.save(m, tmp_path / "broken.onnx")
     res = G.evaluate(fp32_models, {**fp32_models, "lungs": tmp_path / "broken.onnx"}, data_root, 0.4,
-                     classifier_size=64, max_images=24, n_boot=50)
+                     classifier_size=64, max_images=24, n_boot=50, prep=prep)
     assert not res.passed and any("Dice" in f for f in res.failures)
     with pytest.raises(G.GateFailure, match="Dice"):
         raise G.GateFailure(res)

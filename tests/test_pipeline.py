@@ -70,7 +70,7 @@ def test_stage_failure_is_named_and_others_survive(tiny_bundle, inputs, monkeypa
 
         items = [p._decode(Path(f)) for f in inputs[:3]]
         p._segment(items)
-        bad["x"] = items[1].crop[..., None]
+        bad["x"] = items[1].crop  # (S, S, C): the classifier input as made by lungs.classifier_input
         monkeypatch.setattr(p.runners["classifier"], "infer", flaky)
         out = list(p.process_items(items))
     assert [s.result.status for s in out] == ["ok", "error", "ok"]

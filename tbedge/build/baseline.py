@@ -44,7 +44,7 @@ class NaiveKerasPipeline:
         if threads:  # must precede the first TensorFlow op
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
-        from .bundle_writer import model_sidecar
+        from ..edge.bundle import model_sidecar
         from .export import load_keras
 
         kd = Path(keras_dir)

@@ -31,6 +31,7 @@ from ..edge.bundle import (
     BundleError,
     default_bundle_path,
     load_bundle,
+    model_sidecar,
     phantom_input,
     sha256_file,
     write_manifest,
@@ -68,17 +69,6 @@ class Source:
     class_names: list[str] | None = None
     tools: dict = field(default_factory=dict)
     crop_prep: str = "box"  # classifier only: how its input is made from the lung crop
-
-
-def model_sidecar(path: Path) -> dict:
-    """``<model>.json`` beside a .keras/.onnx classifier: facts the graph cannot carry, e.g.
-    ``{"crop_prep": "masked_eq"}`` (how its training crops were prepared)."""
-    side = Path(path).with_suffix(".json")
-    meta = json.loads(side.read_text()) if side.is_file() else {}
-    prep = meta.get("crop_prep", "box")
-    if prep not in L.CROP_PREPS:
-        raise BuildError(f"{side}: crop_prep {prep!r} is not one of {L.CROP_PREPS}")
-    return {**meta, "crop_prep": prep}
 
 
 def _keras_default_dir() -> Path:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fsio import atomic_write_text, sha256_file  # noqa: F401 (sha256_file is re-exported)
+from . import lungs as L
 
 FORMAT_VERSION = 1
 ROLES = ("lungs", "classifier")
@@ -86,6 +87,17 @@ class Bundle:
             sha = self.plan(role)["sha256"]
         return {"name": e["name"], "version": e["version"], "sha256": sha,
                 "precision": e["precision"], "backend": backend}
+
+
+def model_sidecar(path: Path) -> dict:
+    """``<model>.json`` beside a .keras/.onnx classifier: facts the graph cannot carry, e.g.
+    ``{"crop_prep": "masked_eq"}`` (how its training crops were prepared)."""
+    side = Path(path).with_suffix(".json")
+    meta = json.loads(side.read_text()) if side.is_file() else {}
+    prep = meta.get("crop_prep", "box")
+    if prep not in L.CROP_PREPS:
+        raise BundleError(f"{side}: crop_prep {prep!r} is not one of {L.CROP_PREPS}")
+    return {**meta, "crop_prep": prep}
 
 
 def load_bundle(path: str | Path | None = None, verify: bool = True) -> Bundle:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ..edge import lungs as L
+from ..edge.bundle import model_sidecar
 from ..schema import CLASS_NAMES
 from . import metrics as M
 from .augment import photometric, random_affine, warp
@@ -309,12 +310,15 @@ def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | P
     ``part``: 'all', a split part (train/val/calib/test) or, with ``fold``, site_val/site_test;
     default 'test' ('site_test' with a fold) for a crops .npz, 'all' for an image folder. Pass the locked
     ``threshold``; without one it is chosen on this data (reported as 'chosen_here').
-    ``prep`` (crop preparation) None: as the training run beside the model says (its config.json),
-    else "box".
+    ``prep`` (crop preparation) None: as the model's sidecar (``classifier.json`` beside a shipped
+    model) or the training run beside it (its config.json) says, else "box".
     """
     if prep is None:
         cfg = Path(model_path).parent / "config.json"
-        prep = json.loads(cfg.read_text()).get("prep", "box") if cfg.exists() else "box"
+        if Path(model_path).with_suffix(".json").is_file():
+            prep = model_sidecar(model_path)["crop_prep"]
+        else:
+            prep = json.loads(cfg.read_text()).get("prep", "box") if cfg.exists() else "box"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run, size = _classifier_fn(model_path)

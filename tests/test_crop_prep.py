@@ -101,7 +101,7 @@ def test_shipped_bundle_and_pipeline_use_the_classifiers_crop_prep(data_root):
     img = load_image(s.path).pixels
     with OnnxRuntimeRunner(b.model_path("classifier"), threads=1) as r:
         x = L.classifier_input(img, sc.lungs, b.input_size("classifier"), b.crop_prep)
-        p = r.infer({"image": x[None, ..., None]})["probabilities"][0]
+        p = r.infer({"image": x[None]})["probabilities"][0]
     assert sc.result.tb_probability == pytest.approx(float(p[1]), abs=1e-5)
 
 

@@ -31,11 +31,12 @@ def native_mask(s: Scored) -> np.ndarray:
 
 
 def heat_in_box(cam: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """CAM logits -> [0, 1] heat at the crop box's native size (bilinear)."""
+    """CAM logits -> [0, 1] heat at the crop box's native size (bilinear). Only evidence *for* TB
+    is drawn (positive CAM, scaled by its maximum): cells without lung are 0 in the lung-pooled
+    CAM and must not look warmer than lung cells with evidence against TB."""
     x0, y0, x1, y1 = box
-    h = cv2.resize(cam.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-    lo, hi = float(np.percentile(h, 1)), float(h.max())
-    return np.clip((h - lo) / max(hi - lo, 1e-6), 0, 1)
+    h = cv2.resize(np.maximum(cam.astype(np.float32), 0), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return np.clip(h / max(float(h.max()), 1e-6), 0, 1)
 
 
 def render_overlay(s: Scored) -> np.ndarray:

@@ -10,7 +10,8 @@ manifest.json (format_version 1)::
    "models": {"lungs"|"classifier": {"file", "sha256", "name", "version", "precision",
               "backend", "derived_from" (fp32 sha256 or null), "gate" (dict or null),
               "input": {"name", "shape", "layout", "dtype"}, "outputs": [...],
-              "preprocessing": {"size", "resize", "range"}, "tb_bias" (classifier)}},
+              "preprocessing": {"size", "resize", "range", "crop" (classifier: lungs.CROP_PREPS;
+              absent = "box")}, "tb_bias" (classifier)}},
    "plans": {"lungs"|"classifier": {"file", "sha256", "trt_version", "cuda_version",
              "gpu_name", "compute_capability", "onnx_sha256", "precision"}},
    "threshold": {"value", "on": "tb_probability", "classifier_sha256", "chosen_on"},

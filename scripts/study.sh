@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2   (the two lanes ran side by side)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds   (lane1 and lane2 ran side by side; lane3 after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
@@ -27,5 +27,22 @@ lane2)  # cross-site: lung models without a site -> their crops -> classifier fo
   crops "$R/lungs_no_montgomery/best.keras" no_montgomery
   for s in 0 1 2; do cls resnet_s no_montgomery "fold_montgomery_s$s" 7 montgomery "$s"; done
   ;;
-*) echo "usage: $0 lane1|lane2" >&2; exit 2 ;;
+lane3)  # second round: the lung-masked classifier (lung models from lane1/lane2), then ship it
+  crops "$R/lungs_main/best.keras" m_main
+  crops "$R/lungs_no_shenzhen/best.keras" m_no_shenzhen
+  crops "$R/lungs_no_montgomery/best.keras" m_no_montgomery
+  mcls() {  # crops out epochs fold(- = internal) seed
+    tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 --data "$R/crops/$1_224.npz" \
+      --out "$R/cls/$2" --epochs "$3" $([ "$4" = - ] || echo --fold "$4") --seed "$5"
+  }
+  for s in 0 1; do mcls m_main "f_main_s$s" 40 - "$s"; done
+  for s in 0 1 2; do mcls m_no_montgomery "f_mc_s$s" 16 montgomery "$s"; done  # s0 ran as m4_mc_mask_nih03_s0
+  mcls m_no_shenzhen f_sz_s0 16 shenzhen 0
+  CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/f_main_s0" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
+  ;;
+seeds)  # the first study's two best at its 6-minute budget, seeds 1 and 2; IRv2 resumed to 55 minutes
+  for s in 1 2; do cls resnet_s main "resnet_s6_s$s" 6 "" "$s"; cls edge_irn main "edge_irn_s$s" 6 "" "$s"; done
+  cls inception_resnet_v2 main inception_resnet_v2_s0 55
+  ;;
+*) echo "usage: $0 lane1|lane2|lane3|seeds" >&2; exit 2 ;;
 esac

@@ -151,6 +151,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     it is not started, and the cosine learning rate follows max(epoch, time) progress, so a
     compute-matched run still anneals. Class balance by per-sample weights.
     ``run_eagerly`` skips graph tracing (~20 s per session on 2 CPU cores): only for smoke tests.
+    ``prep``: the crop preparation (``lungs.CROP_PREPS``; masked preps add the lung-weight channel
+    and the lung-pooled head). ``nih_weight`` scales the loss weight of NIH films.
     """
     import keras
 

@@ -137,3 +137,24 @@ def test_hottest_point_is_the_hottest_cells_centre():
     assert hottest_point(cam, (100, 200, 800, 900)) == (250, 450)
     cam[6, 0] = 6.0
     assert hottest_point(cam, (0, 0, 70, 70)) == (65, 5)
+
+
+def test_heat_map_shows_only_positive_evidence_on_the_lungs():
+    from tbedge.edge.outputs import heat_in_crop
+
+    mask = np.zeros((256, 256), np.uint8)  # two lungs with a wide mediastinum between them
+    cv2.ellipse(mask, (70, 128), (35, 80), 0, 0, 360, 1, -1)
+    cv2.ellipse(mask, (186, 128), (35, 80), 0, 0, 360, 1, -1)
+    native = (512, 512)
+    lr = L.LungResult(mask, mask.astype(np.float32), L.mask_qa(mask), L.bbox_to_native(L.bbox(mask), (256, 256),
+                                                                                        native), False)
+    cam = np.full((7, 7), -1.0, np.float32)
+    cam[1, 1], cam[3, 3] = 4.0, 8.0  # the hottest cell is mediastinal (between the lungs)
+    heat = heat_in_crop(cam, lr, native)
+    w = L.mask_in_crop(mask, lr.box, native, heat.shape[0])
+    assert heat.max() == pytest.approx(1.0) and heat.min() == 0.0
+    assert np.all(heat[w == 0] == 0)  # nothing painted off the (dilated) lungs
+    assert heat[:, 100:124].max() < 0.5  # the mediastinal cell is damped by its small lung share
+    fb = L.LungResult(mask, mask.astype(np.float32), L.mask_qa(mask), L.fallback_box(native), True)
+    hb = heat_in_crop(cam, fb, native)
+    assert hb.max() == pytest.approx(1.0) and hb[112, 112] > 0.9  # fallback: plain positive CAM

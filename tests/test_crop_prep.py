@@ -150,11 +150,11 @@ def test_heat_map_shows_only_positive_evidence_on_the_lungs():
                                                                                         native), False)
     cam = np.full((7, 7), -1.0, np.float32)
     cam[1, 1], cam[3, 3] = 4.0, 8.0  # the hottest cell is mediastinal (between the lungs)
-    heat = heat_in_crop(cam, lr, native)
-    w = L.mask_in_crop(mask, lr.box, native, heat.shape[0])
+    w = L.mask_in_crop(mask, lr.box, native, 224)  # = the lung channel of the classifier's input
+    heat = heat_in_crop(cam, w)
     assert heat.max() == pytest.approx(1.0) and heat.min() == 0.0
     assert np.all(heat[w == 0] == 0)  # nothing painted off the (dilated) lungs
     assert heat[:, 100:124].max() < 0.5  # the mediastinal cell is damped by its small lung share
     fb = L.LungResult(mask, mask.astype(np.float32), L.mask_qa(mask), L.fallback_box(native), True)
-    hb = heat_in_crop(cam, fb, native)
+    hb = heat_in_crop(cam, L.input_lung_weights(L.classifier_input(np.ones(native, np.float32), fb, 224, "masked")))
     assert hb.max() == pytest.approx(1.0) and hb[112, 112] > 0.9  # fallback: plain positive CAM

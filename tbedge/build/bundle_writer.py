@@ -33,6 +33,7 @@ from ..edge.bundle import (
     load_bundle,
     model_sidecar,
     phantom_input,
+    self_test_batch,
     sha256_file,
     write_manifest,
 )
@@ -103,7 +104,7 @@ def _parity_inputs(role: str, size: int, data_root: Path | None, n: int = 4,
             xs.append(L.preprocess(px, size) if role == "lungs" else
                       L.stack_input(L.crop(px, L.fallback_box(px.shape), size), None, prep))
         return np.stack(xs).astype(np.float32), f"{len(xs)} real val images"
-    ch = 1 if role == "lungs" or prep == "box" else 2
+    ch = 1 if role == "lungs" else L.input_channels(prep)
     return np.stack([phantom_input(size, s, ch) for s in range(n)]), f"{n} synthetic phantoms (no data)"
 
 
@@ -196,8 +197,7 @@ def self_test_reference(fp32: dict[str, Path], sizes: dict[str, int], model: dic
     keys = {"lungs": "mask", "classifier": "probabilities"}
     ref, dev = {}, {}
     for role in ROLES:
-        ch = (channels or {}).get(role, 1)
-        x = np.stack([phantom_input(sizes[role], s, ch) for s in (0, 1)])  # = bundle.self_test_inputs
+        x = self_test_batch(sizes[role], (channels or {}).get(role, 1))
         with OnnxRuntimeRunner(fp32[role], threads=threads) as r:
             ref[f"{role}/{keys[role]}"] = r.infer({"image": x})[keys[role]].astype(np.float32)
         with OnnxRuntimeRunner(model[role], threads=threads) as r:
@@ -277,8 +277,8 @@ def _build_into(stage, work, lungs_src, classifier_src, precision, target, calib
         raise BuildError(f"class names {names} have no 'tb'")
     tb_index = names.index("tb")
     prep = src["classifier"].crop_prep
-    if (prep != "box") != (int(specs["classifier"][0]["shape"][-1]) == 2):
-        raise BuildError(f"classifier crop_prep {prep!r} needs a {'2' if prep != 'box' else '1'}-channel input; "
+    if L.input_channels(prep) != int(specs["classifier"][0]["shape"][-1]):
+        raise BuildError(f"classifier crop_prep {prep!r} needs a {L.input_channels(prep)}-channel input; "
                          f"the model takes {specs['classifier'][0]['shape']}")
     thr = _resolve_threshold(threshold, src["classifier"], fp32_sha["classifier"])
     tools = {**tool_versions(), **src["lungs"].tools, **src["classifier"].tools}

@@ -1,9 +1,10 @@
 """Calibration sets: real images from the ``calib`` split part, preprocessed exactly as at runtime.
 
 A set is a directory with ``tensors.npz`` (``lungs``: (N, 256, 256, 1) lung-model inputs,
-``classifier``: (N, S, S, 1) lung crops) and ``manifest.json`` listing the images by content
-sha256 (never by name) plus a set hash. The same data, split seed, sizes and lung model give
-the same hash. The set is derived from patient images, so it is never shipped in a bundle;
+``classifier``: (N, S, S, C) inputs as ``lungs.classifier_input`` makes them, prepared per the
+classifier's crop prep) and ``manifest.json`` listing the images by content sha256 (never by
+name) plus a set hash. The same data, split seed, sizes, crop prep and lung model give the same
+hash. The set is derived from patient images, so it is never shipped in a bundle;
 only the activation ranges computed from it are.
 """
 

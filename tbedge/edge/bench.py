@@ -498,8 +498,7 @@ def run_pipeline_child(cfg: dict) -> dict:
             ok = s.result.status == schema.STATUS_OK and s.lungs is not None
             if ok and len(kept["lungs"]) < pipe.batch:
                 kept["lungs"].append(L.preprocess(s.image.pixels, sizes["lungs"]))
-                kept["classifier"].append(L.classifier_input(s.image.pixels, s.lungs, sizes["classifier"],
-                                                             b.crop_prep))
+                kept["classifier"].append(s.classifier_input)
 
         stream = StreamMeter(pipe.run, cfg["images"], result_of=lambda s: s.result)
         stream.warm(max(cfg["warmup"], pipe.batch), on_item=keep)  # >= one full batch of model inputs
@@ -723,7 +722,8 @@ def trtexec_compare(bundle_dir: str | Path, batch: int, timeout_s: float = 300) 
     res = {}
     for role in ("lungs", "classifier"):
         size, name = b.input_size(role), b.entry(role)["input"]["name"]
-        cmd = [exe, f"--loadEngine={b.path / b.plan(role)['file']}", f"--shapes={name}:{batch}x{size}x{size}x1"]
+        shape = f"{batch}x{size}x{size}x{b.input_channels(role)}"
+        cmd = [exe, f"--loadEngine={b.path / b.plan(role)['file']}", f"--shapes={name}:{shape}"]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
             res[role] = parse_trtexec(r.stdout) if r.returncode == 0 else {"error": r.stdout[-500:]}

@@ -204,9 +204,13 @@ def phantom_input(size: int, seed: int = 0, channels: int = 1) -> np.ndarray:
     return np.stack([img, w], axis=-1)
 
 
+def self_test_batch(size: int, channels: int = 1) -> np.ndarray:
+    """The two phantoms every bundle's self-test runs through a model."""
+    return np.stack([phantom_input(size, s, channels) for s in (0, 1)])
+
+
 def self_test_inputs(b: Bundle) -> dict[str, np.ndarray]:
-    return {role: np.stack([phantom_input(b.input_size(role), s, b.input_channels(role)) for s in (0, 1)])
-            for role in ROLES}
+    return {role: self_test_batch(b.input_size(role), b.input_channels(role)) for role in ROLES}
 
 
 def run_self_test(b: Bundle, runners: dict) -> dict[str, float]:

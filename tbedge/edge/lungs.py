@@ -229,6 +229,11 @@ def prepare_crop(crop: np.ndarray, weights: np.ndarray | None, prep: str) -> np.
     return apply_mask(crop, w)
 
 
+def input_channels(prep: str) -> int:
+    """Channels of the classifier input for a crop prep: the crop, plus the lung weights if masked."""
+    return 1 if prep == "box" else 2
+
+
 def stack_input(crop: np.ndarray, weights: np.ndarray | None, prep: str) -> np.ndarray:
     """(S, S, C) float32 classifier input: C = 1 for "box"; otherwise the prepared crop and the lung
     weights (the model pools its evidence over them). ``weights`` None = fallback box: the crop is
@@ -237,6 +242,11 @@ def stack_input(crop: np.ndarray, weights: np.ndarray | None, prep: str) -> np.n
         return prepare_crop(crop, None, prep)[..., None].astype(np.float32)
     w = np.ones_like(crop) if weights is None else weights
     return np.stack([prepare_crop(crop, w, prep), w], axis=-1).astype(np.float32)
+
+
+def input_lung_weights(x: np.ndarray) -> np.ndarray | None:
+    """The lung-weight channel of a classifier input from :func:`stack_input` (None for "box")."""
+    return x[..., 1] if x.shape[-1] == 2 else None
 
 
 def classifier_input(img: np.ndarray, lr: LungResult, size: int, prep: str = "box") -> np.ndarray:

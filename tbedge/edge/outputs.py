@@ -30,28 +30,28 @@ def native_mask(s: Scored) -> np.ndarray:
     return L.mask_to_native(s.lungs.mask, s.image.pixels.shape) * np.uint8(255)
 
 
-HEAT_GRID = 224  # the heat map is composed on this grid over the crop box, then resized to the box
+HEAT_GRID = 224  # without lung weights, the heat map is composed on this grid over the crop box
 
 
-def heat_in_crop(cam: np.ndarray, lungs: L.LungResult, native_shape: tuple[int, int],
-                 size: int = HEAT_GRID) -> np.ndarray:
-    """CAM logits -> the [0, 1] heat map shown, on a (size, size) grid over the crop box.
+def heat_in_crop(cam: np.ndarray, lung_weights: np.ndarray | None) -> np.ndarray:
+    """CAM logits -> the [0, 1] heat map shown, on the crop grid of ``lung_weights`` (the lung
+    channel of the classifier's own input, ``lungs.input_lung_weights``; HEAT_GRID² without).
 
-    Only evidence *for* TB is drawn (positive CAM, bilinear, scaled by its maximum), and it is
-    weighted by the lung weights the classifier pooled over (dilated, feathered mask; not for a
-    fallback box): the lung-pooled model counts evidence only where there is lung, so the map
-    does not paint the chest wall or mediastinum next to a hot border cell.
+    Only evidence *for* TB is drawn (positive CAM, bilinear, scaled by its maximum), weighted by
+    the lung weights the classifier pooled over: the lung-pooled model counts evidence only where
+    there is lung, so the map does not paint the chest wall or mediastinum next to a hot border
+    cell (a fallback box has weights 1 everywhere).
     """
-    h = cv2.resize(np.maximum(cam.astype(np.float32), 0), (size, size), interpolation=cv2.INTER_LINEAR)
-    if not lungs.fallback:
-        h = h * L.mask_in_crop(lungs.mask, lungs.box, native_shape, size)
+    gh, gw = lung_weights.shape if lung_weights is not None else (HEAT_GRID, HEAT_GRID)
+    h = cv2.resize(np.maximum(cam.astype(np.float32), 0), (gw, gh), interpolation=cv2.INTER_LINEAR)
+    if lung_weights is not None:
+        h = h * lung_weights
     return np.clip(h / max(float(h.max()), 1e-6), 0, 1)
 
 
-def heat_in_box(cam: np.ndarray, lungs: L.LungResult, native_shape: tuple[int, int]) -> np.ndarray:
-    """:func:`heat_in_crop` resized to the crop box's native size."""
-    x0, y0, x1, y1 = lungs.box
-    return cv2.resize(heat_in_crop(cam, lungs, native_shape), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+def shown_heat(s: Scored) -> np.ndarray:
+    """The heat map shown for a scored film, on its crop grid."""
+    return heat_in_crop(s.cam, None if s.classifier_input is None else L.input_lung_weights(s.classifier_input))
 
 
 def render_overlay(s: Scored) -> np.ndarray:
@@ -63,7 +63,7 @@ def render_overlay(s: Scored) -> np.ndarray:
     r = s.result
     if s.cam is not None and s.lungs is not None:
         x0, y0, x1, y1 = s.lungs.box
-        heat = heat_in_box(s.cam, s.lungs, img.shape)
+        heat = cv2.resize(shown_heat(s), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
         alpha = (0.45 * heat)[..., None]
         roi = bgr[y0:y1, x0:x1]

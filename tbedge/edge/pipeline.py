@@ -34,6 +34,7 @@ class Scored:
     image: LoadedImage | None = None
     lungs: L.LungResult | None = None
     cam: np.ndarray | None = None  # TB class activation map (h, w), logits without bias
+    classifier_input: np.ndarray | None = None  # (S, S, C), exactly as the classifier saw it
 
 
 @dataclass
@@ -242,7 +243,7 @@ class Pipeline:
             r = item.result
             r.timing_ms["total"] = round(sum(v for k, v in r.timing_ms.items() if k != "total"), 3)
             r.timing_ms = {k: round(v, 3) for k, v in r.timing_ms.items()}
-            yield Scored(r, item.image, item.lungs, cam)
+            yield Scored(r, item.image, item.lungs, cam, item.crop)
 
     def score_one(self, path: str | Path) -> Scored:
         return next(self.run([path]))

@@ -8,25 +8,17 @@ import cv2
 import numpy as np
 
 from ..datasets import discover, read_mask, split
-from ..edge.outputs import heat_in_crop
+from ..edge.outputs import shown_heat
 from ..edge.pipeline import Pipeline
 
 
-def hottest_point(cam: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int]:
-    """Native (y, x) of the centre of the hottest CAM cell: where the model's own evidence peaks.
-    Not the argmax of the bilinear map: that is flat beyond the outer cell centres, and its first
-    maximum then lands on the crop's edge (above the apices for the many films whose hottest cell
-    is apical)."""
-    gh, gw = cam.shape
-    cy, cx = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    x0, y0, x1, y1 = box
-    return int(y0 + (cy + 0.5) * (y1 - y0) / gh), int(x0 + (cx + 0.5) * (x1 - x0) / gw)
-
-
-def hottest_shown_point(heat: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int]:
-    """Native (y, x) of the hottest pixel of the heat map as shown (``outputs.heat_in_crop``)."""
-    gh, gw = heat.shape
-    cy, cx = np.unravel_index(int(np.argmax(heat)), heat.shape)
+def hottest_point(grid: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int]:
+    """Native (y, x) of the centre of the hottest cell of ``grid`` laid over the crop ``box``: a
+    CAM (the model's own evidence) or the heat map as shown. Not the argmax of a bilinear upsampling
+    of the CAM: that is flat beyond the outer cell centres, and its first maximum then lands on the
+    crop's edge (above the apices for the many films whose hottest cell is apical)."""
+    gh, gw = grid.shape
+    cy, cx = np.unravel_index(int(np.argmax(grid)), grid.shape)
     x0, y0, x1, y1 = box
     return int(y0 + (cy + 0.5) * (y1 - y0) / gh), int(x0 + (cx + 0.5) * (x1 - x0) / gw)
 
@@ -47,7 +39,7 @@ def cam_hit_rate(data: str | Path, engine: str | Path | None = None, part: str =
             gt = cv2.resize(gt.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
             y, x = hottest_point(sc.cam, sc.lungs.box)
             cell.append(bool(gt[y, x]))
-            y, x = hottest_shown_point(heat_in_crop(sc.cam, sc.lungs, shape), sc.lungs.box)
+            y, x = hottest_point(shown_heat(sc), sc.lungs.box)
             shown.append(bool(gt[y, x]))
             chance.append(float(gt.mean()))
     return {"part": part, "n": len(cell), "hottest_cell_centre_in_lungs": float(np.mean(cell)),

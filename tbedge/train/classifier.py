@@ -180,7 +180,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     log(f"classifier {arch}@{size}: train {len(tr)} {np.bincount(ytr, minlength=3).tolist()}, "
         f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
 
-    model = build_classifier(arch, size, lung_channel=prep != "box")
+    model = build_classifier(arch, size, lung_channel=L.input_channels(prep) == 2)
     model.compile(keras.optimizers.AdamW(lr, weight_decay=weight_decay),
                   loss=[keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None],
                   run_eagerly=run_eagerly)

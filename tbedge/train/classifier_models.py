@@ -1,7 +1,8 @@
 """TB classifier architectures (trained from scratch) with one shared head contract.
 
-Every model: input ``image`` (B, S, S, 1) float32 [0, 1] lung crop, normalised inside the graph
-(per-image layer norm, as the lung U-Net); outputs ``probabilities`` (B, 3) softmax over
+Every model: input ``image`` (B, S, S, 1) float32 [0, 1] lung crop (or (B, S, S, 2) with the lung
+weights as channel 1, ``lung_channel=True``: then the head pools over the lungs only), normalised
+inside the graph (``ImageNorm``, as the lung U-Net); outputs ``probabilities`` (B, 3) softmax over
 ``CLASS_NAMES`` and ``cam`` (B, h, w), the TB class activation map of the last conv features F:
 ``cam = F @ W[:, tb]`` without the bias, so ``mean(cam) + b_tb == tb_logit`` exactly. The head is
 a layer of the forward graph, so the heat map exports to ONNX as a second output.

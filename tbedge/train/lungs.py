@@ -65,13 +65,7 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
     from .unet import build_unet
 
     keras.utils.set_random_seed(seed)
-    parts = lung_parts(data, exclude_site, seed)
-    log(f"lungs: train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
-        + (f", cross ({exclude_site}) {len(parts['cross'])}" if exclude_site else ""))
-    xtr, ytr = load_pairs(parts["train"], size)
-    xva, yva = load_pairs(parts["val"], size)
-
-    if init:
+    if init:  # the warm-start model fixes the input size the data is loaded at
         from .predict import load_keras
 
         model = load_keras(init)
@@ -79,6 +73,11 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
         log(f"lungs: warm start from {init}")
     else:
         model = build_unet(size, base)
+    parts = lung_parts(data, exclude_site, seed)
+    log(f"lungs: train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
+        + (f", cross ({exclude_site}) {len(parts['cross'])}" if exclude_site else ""))
+    xtr, ytr = load_pairs(parts["train"], size)
+    xva, yva = load_pairs(parts["val"], size)
 
     steps = int(np.ceil(len(xtr) / batch))
     sched = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * epochs, alpha=0.05)

@@ -18,7 +18,7 @@ def load_keras(path: str | Path):
 
 
 def model_predictor(model, output: str, what: str = "model") -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """(fn, input size): fn maps (B, S, S, 1) float32 [0, 1] -> the named ``output`` as numpy."""
+    """(fn, input size): fn maps (B, S, S, C) float32 [0, 1] -> the named ``output`` as numpy."""
     if isinstance(model, (str, Path)):
         p = Path(model)
         if not p.is_file():

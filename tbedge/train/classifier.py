@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..edge import lungs as L
 from ..edge.bundle import model_sidecar
+from ..fsio import atomic_path, atomic_write_text
 from ..schema import CLASS_NAMES
 from . import metrics as M
 from .augment import photometric, random_affine, warp
@@ -129,11 +129,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
     b.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return M.save_figure(fig, path)
 
 
 def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | Path = "runs/classifier",
@@ -354,15 +350,11 @@ def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | P
                                                                                 at["sensitivity"])},
                    title=f"TB vs rest: {Path(model_path).name} on {part}")
         res["roc_png"] = str(out / "roc.png")
-    tmp = out / "predictions.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "site", "source", "fallback", *[f"p_{c}" for c in CLASS_NAMES]])
         for j, i in enumerate(idx):
             w.writerow([crops.path[i], crops.label[i], crops.site[i], crops.source[i], int(crops.fallback[i]),
                         *[f"{v:.6f}" for v in probs[j]]])
-    os.replace(tmp, out / "predictions.csv")
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_text(out / "metrics.json", json.dumps(res, indent=1))
     return res

@@ -6,11 +6,11 @@ confusion matrix and per-site / per-source breakdowns. Convention: score >= thre
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..fsio import atomic_path
 from ..schema import CLASS_NAMES
 
 TB = CLASS_NAMES.index("tb")
@@ -238,10 +238,14 @@ def plot_roc(curves: dict[str, tuple], path: str | Path, points: dict[str, tuple
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure durably (temp file, fsync, rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds   (lane1 and lane2 ran side by side; lane3 after)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4   (lane1 and lane2 side by side; then lane3, lane4)
+# lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
@@ -11,6 +12,10 @@ crops() { [ -f "$R/crops/$2_224.npz" ] || tbedge train crops --data "$D" --lungs
 cls() {  # arch crops out budget [fold] [seed]
   tbedge train classifier --arch "$1" --data "$R/crops/$2_224.npz" --out "$R/cls/$3" --budget-minutes "$4" \
     --epochs 60 ${5:+--fold $5} --seed "${6:-0}"
+}
+mcls() {  # crops out epochs fold(- = internal) seed [extra args]: the shipped recipe (lung-masked, NIH 0.3)
+  tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 --data "$R/crops/$1_224.npz" \
+    --out "$R/cls/$2" --epochs "$3" $([ "$4" = - ] || echo --fold "$4") --seed "$5" "${@:6}"
 }
 case "${1:-}" in
 lane1)  # shipped lung model -> crops -> default classifier + compute-matched architecture study
@@ -31,10 +36,6 @@ lane3)  # second round: the lung-masked classifier (lung models from lane1/lane2
   crops "$R/lungs_main/best.keras" m_main
   crops "$R/lungs_no_shenzhen/best.keras" m_no_shenzhen
   crops "$R/lungs_no_montgomery/best.keras" m_no_montgomery
-  mcls() {  # crops out epochs fold(- = internal) seed
-    tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 --data "$R/crops/$1_224.npz" \
-      --out "$R/cls/$2" --epochs "$3" $([ "$4" = - ] || echo --fold "$4") --seed "$5"
-  }
   for s in 0 1; do mcls m_main "f_main_s$s" 40 - "$s"; done
   for s in 0 1 2; do mcls m_no_montgomery "f_mc_s$s" 16 montgomery "$s"; done  # s0 ran as m4_mc_mask_nih03_s0
   mcls m_no_shenzhen f_sz_s0 16 shenzhen 0
@@ -44,5 +45,21 @@ seeds)  # the first study's two best at its 6-minute budget, seeds 1 and 2; IRv2
   for s in 1 2; do cls resnet_s main "resnet_s6_s$s" 6 "" "$s"; cls edge_irn main "edge_irn_s$s" 6 "" "$s"; done
   cls inception_resnet_v2 main inception_resnet_v2_s0 55
   ;;
-*) echo "usage: $0 lane1|lane2|lane3|seeds" >&2; exit 2 ;;
+lane4)  # third round: more seeds of the recipe (GPU), mixes without NIH, the other archs across sites
+  # GPU runs: g_main_s{4,5,6}, h_main_s{1,2,3,7} (internal); g_mc_s{4,5}, h_mc_s{3,6} (folds)
+  for s in 4 5 6; do mcls m_main "g_main_s$s" 40 - "$s"; done
+  for s in 1 2 3 7; do mcls m_main "h_main_s$s" 40 - "$s"; done
+  for s in 4 5; do mcls m_no_montgomery "g_mc_s$s" 16 montgomery "$s"; done
+  for s in 3 6; do mcls m_no_montgomery "h_mc_s$s" 16 montgomery "$s"; done
+  for s in 0 1 2 3; do mcls m_no_montgomery "h_mc_nonih_s$s" 16 montgomery "$s" --nih-weight 0; done
+  for s in 0 1 2; do mcls m_no_montgomery "h_mc_e40a2_s$s" 40 montgomery "$s" --aug-strength 2; done
+  for s in 0 1 2; do mcls m_no_montgomery "p_mc_s$s" 16 montgomery "$s" --nih-normal-weight 0; done  # CPU
+  for a in edge_irn alexnet googlenet; do  # CPU, compute-matched with resnet_s's 16 epochs (~6 min)
+    for s in 0 $([ "$a" = edge_irn ] && echo 1 2); do
+      mcls m_no_montgomery "x_${a}_s$s" 60 montgomery "$s" --arch "$a" --budget-minutes 6 --patience 60
+    done
+  done
+  CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/g_main_s5" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
+  ;;
+*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4" >&2; exit 2 ;;
 esac

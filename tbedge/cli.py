@@ -274,6 +274,8 @@ def train_classifier(
     size: int = typer.Option(None, "--size", help="Input size (default: the crop cache's)."),
     aug_strength: float = typer.Option(1.0, "--aug-strength", help="Scale of the photometric augmentation."),
     nih_weight: float = typer.Option(1.0, "--nih-weight", help="Loss weight of NIH films (only non-TB)."),
+    nih_normal_weight: float = typer.Option(None, "--nih-normal-weight",
+                                            help="Loss weight of NIH no-finding films (default: --nih-weight)."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -283,7 +285,7 @@ def train_classifier(
 
     state = run(data, arch, out, seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold,
                 patience=patience, prep=prep, size=size, aug_strength=aug_strength,
-                nih_weight=nih_weight)
+                nih_weight=nih_weight, nih_normal_weight=nih_normal_weight)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

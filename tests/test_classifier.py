@@ -224,3 +224,18 @@ def test_cam_exports_to_onnx_as_second_output(cm, tmp_path):
     want = serve(tf.constant(x))
     for k in ("probabilities", "cam"):
         np.testing.assert_allclose(got[k], want[k].numpy(), atol=1e-4)
+
+
+def test_nih_loss_weights():
+    """NIH films are down-weighted (all, or its no-finding films alone) and the mean weight stays 1."""
+    from tbedge.train.classifier import class_index, nih_weights
+
+    site = np.array(["shenzhen", "nih", "nih", "montgomery"])
+    y = class_index(np.array(["tb", "normal", "other", "normal"]))
+    w = np.ones(4, np.float32)
+    assert nih_weights(w, site, y) is w  # weight 1 everywhere: unchanged
+    same = nih_weights(w, site, y, 0.5)
+    np.testing.assert_allclose(same, np.array([1, 0.5, 0.5, 1]) * 4 / 3)
+    only_no_finding = nih_weights(w, site, y, 0.5, nih_normal_weight=0.0)
+    np.testing.assert_allclose(only_no_finding, np.array([1, 0, 0.5, 1]) * 4 / 2.5)
+    assert only_no_finding.mean() == pytest.approx(1.0)

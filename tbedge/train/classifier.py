@@ -97,6 +97,19 @@ def predict_probabilities(model, x_uint8: np.ndarray, batch: int = 32) -> np.nda
     return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
 
+def nih_weights(w: np.ndarray, site: np.ndarray, y: np.ndarray, nih_weight: float = 1.0,
+                nih_normal_weight: float | None = None) -> np.ndarray:
+    """Scale the loss weights of NIH films, renormalised to mean 1. NIH brings only non-TB films, so
+    its "look" alone says "not TB"; its no-finding films (``nih_normal_weight``) teach that most."""
+    normal = nih_weight if nih_normal_weight is None else nih_normal_weight
+    if nih_weight == 1.0 and normal == 1.0:
+        return w
+    nih = site == "nih"
+    scale = np.where(nih & (y == CLASS_NAMES.index("normal")), normal, np.where(nih, nih_weight, 1.0))
+    w = (w * scale).astype(np.float32)
+    return w * (len(w) / w.sum())
+
+
 def _tb_auc(y: np.ndarray, probs: np.ndarray) -> float:
     t = y == TB
     if t.all() or not t.any():
@@ -138,7 +151,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 12,
                      label_smoothing: float = 0.05, aug_strength: float = 1.0, split_seed: int = 0,
                      max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
-                     prep: str = "box", nih_weight: float = 1.0, log: Callable[[str], None] = print) -> dict:
+                     prep: str = "box", nih_weight: float = 1.0, nih_normal_weight: float | None = None,
+                     log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -148,7 +162,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     compute-matched run still anneals. Class balance by per-sample weights.
     ``run_eagerly`` skips graph tracing (~20 s per session on 2 CPU cores): only for smoke tests.
     ``prep``: the crop preparation (``lungs.CROP_PREPS``; masked preps add the lung-weight channel
-    and the lung-pooled head). ``nih_weight`` scales the loss weight of NIH films.
+    and the lung-pooled head). ``nih_weight`` scales the loss weight of NIH films;
+    ``nih_normal_weight`` (default: ``nih_weight``) that of NIH no-finding films alone.
     """
     import keras
 
@@ -169,9 +184,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     if fold:  # in-distribution val of the other sites: logged only, never selects
         extra = (crop_arrays(crops, parts["val"], size, prep), class_index(crops.label[parts["val"]]))
     wtr = balanced_weights(ytr)
-    if nih_weight != 1.0:  # NIH brings only non-TB films: its "look" alone says "not TB"
-        wtr = np.where(crops.site[tr] == "nih", wtr * nih_weight, wtr).astype(np.float32)
-        wtr *= len(wtr) / wtr.sum()
+    wtr = nih_weights(wtr, crops.site[tr], ytr, nih_weight, nih_normal_weight)
     wse = balanced_weights(yse)
     log(f"classifier {arch}@{size}: train {len(tr)} {np.bincount(ytr, minlength=3).tolist()}, "
         f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
@@ -227,7 +240,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     config = {"arch": arch, "size": size, "seed": seed, "fold": fold, "selection": sel_name, "epochs": epochs,
               "budget_minutes": budget_minutes, "batch": batch, "lr": lr, "weight_decay": weight_decay,
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
-              "prep": prep, "nih_weight": nih_weight,
+              "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
               "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
               "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))

@@ -54,11 +54,13 @@ lane4)  # third round: more seeds of the recipe (GPU), mixes without NIH, the ot
   for s in 0 1 2 3; do mcls m_no_montgomery "h_mc_nonih_s$s" 16 montgomery "$s" --nih-weight 0; done
   for s in 0 1 2; do mcls m_no_montgomery "h_mc_e40a2_s$s" 40 montgomery "$s" --aug-strength 2; done
   for s in 0 1 2; do mcls m_no_montgomery "p_mc_s$s" 16 montgomery "$s" --nih-normal-weight 0; done  # CPU
-  for a in edge_irn alexnet googlenet; do  # CPU, compute-matched with resnet_s's 16 epochs (~6 min)
-    for s in 0 $([ "$a" = edge_irn ] && echo 1 2); do
-      mcls m_no_montgomery "x_${a}_s$s" 60 montgomery "$s" --arch "$a" --budget-minutes 6 --patience 60
-    done
-  done
+  # CPU, compute-matched with resnet_s's 16 epochs (~6 min); the lung-pooled head needs a grid that
+  # divides the input: AlexNet's 13 x 13 gets 221 px, IRv2's 5 x 5 gets 225 px
+  xcls() { mcls m_no_montgomery "x_$1_s$2" 60 montgomery "$2" --arch "$3" --budget-minutes 6 --patience 60 "${@:4}"; }
+  for s in 0 1 2; do xcls edge_irn "$s" edge_irn; done
+  xcls googlenet 0 googlenet
+  xcls alexnet 0 alexnet --size 221
+  xcls irv2 0 inception_resnet_v2 --size 225
   CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/g_main_s5" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
   ;;
 *) echo "usage: $0 lane1|lane2|lane3|seeds|lane4" >&2; exit 2 ;;

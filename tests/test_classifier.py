@@ -33,7 +33,7 @@ def _cam_check(model, x):
     return probs, cam
 
 
-@pytest.mark.parametrize("arch", ["alexnet", "googlenet", "inception_resnet_v2", "edge_irn", "resnet_s"])
+@pytest.mark.parametrize("arch", ["alexnet", "googlenet", "inception_resnet_v2", "edge_irn", "resnet_s", "resnet_s14"])
 def test_every_arch_contract(cm, arch):
     s = SMALL.get(arch, 64)
     m = cm.build_classifier(arch, s)

@@ -20,7 +20,7 @@ from .layers import ImageNorm
 
 TB_INDEX = CLASS_NAMES.index("tb")
 BN_MOMENTUM = 0.9  # the Keras default 0.99 lagged the weights and collapsed val AUC here
-ARCHS = ("alexnet", "googlenet", "inception_resnet_v2", "edge_irn", "resnet_s")
+ARCHS = ("alexnet", "googlenet", "inception_resnet_v2", "edge_irn", "resnet_s", "resnet_s14")
 DEFAULT_ARCH = "resnet_s"
 DEFAULT_SIZE = 224
 
@@ -63,9 +63,9 @@ class CamHead(layers.Layer):
 
 
 # -- building blocks ------------------------------------------------------------------------
-def _conv(x, f, k, s=1, act=True, name=None, padding="same"):
+def _conv(x, f, k, s=1, act=True, name=None, padding="same", dilation=1):
     kh, kw = (k, k) if isinstance(k, int) else k
-    x = layers.Conv2D(f, (kh, kw), strides=s, padding=padding, use_bias=False,
+    x = layers.Conv2D(f, (kh, kw), strides=s, padding=padding, use_bias=False, dilation_rate=dilation,
                       name=None if name is None else name + "_conv")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-3,
                                   name=None if name is None else name + "_bn")(x)
@@ -209,22 +209,28 @@ def _edge_irn(x):
 
 # -- resnet_s: a small ResNet (basic blocks 1/2/2/2, widths 32/64/128/192), ~1.9 M params.
 #    Plain 3x3 convs + BN + ReLU: fast on CPUs, fuse cleanly in TensorRT and quantise well. ----
-def _basic(x, f, s, name):
-    y = _conv(x, f, 3, s, name=name + "_a")
-    y = _conv(y, f, 3, act=False, name=name + "_b")
+def _basic(x, f, s, name, dilation=1):
+    y = _conv(x, f, 3, s, name=name + "_a", dilation=dilation)
+    y = _conv(y, f, 3, act=False, name=name + "_b", dilation=dilation)
     if s != 1 or x.shape[-1] != f:
         x = _conv(x, f, 1, s, act=False, name=name + "_proj")
     return layers.Activation("relu", name=name + "_out")(layers.Add(name=name + "_add")([x, y]))
 
 
-def _resnet_s(x):
+def _resnet_s(x, last_stride: int = 2):
     x = _conv(x, 16, 3, 2, name="stem1")
     x = _conv(x, 32, 3, 2, name="stem2")  # /4
     x = _basic(x, 32, 1, "s1b1")
     for stage, (f, n) in enumerate([(64, 2), (128, 2), (192, 2)], start=2):
         for b in range(n):
-            x = _basic(x, f, 2 if b == 0 else 1, f"s{stage}b{b + 1}")
+            s = (last_stride if stage == 4 else 2) if b == 0 else 1
+            x = _basic(x, f, s, f"s{stage}b{b + 1}", dilation=1 if stage < 4 or last_stride == 2 else 2)
     return x
+
+
+def _resnet_s14(x):
+    """resnet_s with its last stage at stride 1 (dilated): a 14 x 14 CAM at 224 px, finer heat map."""
+    return _resnet_s(x, last_stride=1)
 
 
 def build_classifier(arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, dropout: float = 0.2,
@@ -239,7 +245,8 @@ def build_classifier(arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, dropout
     if arch == "inception_resnet_v2":
         feats = _inception_resnet_v2(x, size)
     else:
-        body = {"alexnet": _alexnet, "googlenet": _googlenet, "edge_irn": _edge_irn, "resnet_s": _resnet_s}
+        body = {"alexnet": _alexnet, "googlenet": _googlenet, "edge_irn": _edge_irn, "resnet_s": _resnet_s,
+                "resnet_s14": _resnet_s14}
         feats = body[arch](x)
     return _with_head(inp, feats, f"tbedge_{arch}", dropout, lung)
 

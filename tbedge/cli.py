@@ -142,8 +142,11 @@ def segment(
     """
     from .edge.segment import segment_files
 
-    files = segment_files(images, out, engine, backend)
-    print(f"{len(files)} images -> {out}")
+    files, skipped = segment_files(images, out, engine, backend)
+    # reason codes only: file names may carry patient names
+    print(f"{len(files)} images -> {out}" + (f"; skipped {sum(skipped.values())} ("
+                                             + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) + ")"
+                                             if skipped else ""))
 
 
 @train_app.command("lungs")

@@ -67,3 +67,27 @@ def test_qa_flags_blank_and_real_photographs(lung_runner):
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
         lr = L.analyse(lung_runner(gray), gray.shape)
         assert lr.fallback, (name, lr.qa.to_dict())
+
+
+def test_segment_writes_native_masks_and_skips_bad_files(data_root, tmp_path):
+    """`tbedge segment` on real films: mask (input resolution, matching the ground truth) and
+    overlay per film; an unreadable file is skipped with its reason code, the rest still written."""
+    from tbedge.edge.segment import segment_files
+
+    src = tmp_path / "in"
+    src.mkdir()
+    picks = [s for s in split(discover(data_root))["test"] if s.mask is not None][:2]
+    for s in picks:
+        (src / s.path.name).write_bytes(s.path.read_bytes())
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # PNG magic, no image
+    written, skipped = segment_files([str(src)], tmp_path / "seg")
+    assert sorted(p.name for p in written) == sorted(s.path.name for s in picks)
+    assert sum(skipped.values()) == 1
+    for s in picks:
+        mask = cv2.imread(str(tmp_path / "seg" / f"{s.path.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+        overlay = cv2.imread(str(tmp_path / "seg" / f"{s.path.stem}_overlay.png"))
+        gt = read_mask(s.mask)
+        assert mask.shape == gt.shape == overlay.shape[:2]
+        assert set(np.unique(mask)) <= {0, 255}
+        assert L.dice(mask > 0, gt) > 0.9
+    assert not (tmp_path / "seg" / "broken_mask.png").exists()

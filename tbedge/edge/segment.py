@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..schema import TbedgeInputError
 from . import lungs as L
 from .bundle import load_bundle
 from .imaging import load_image
@@ -30,18 +31,25 @@ def segment_overlay(img: np.ndarray, lr: L.LungResult) -> np.ndarray:
 
 
 def segment_files(inputs: list[str | Path], out: Path, engine: Path | None = None,
-                  backend: str = "auto") -> list[Path]:
+                  backend: str = "auto") -> tuple[list[Path], dict[str, int]]:
+    """Mask + overlay for each image. A file that cannot be read is skipped (never the whole run):
+    returns the files written and the count of skipped ones per reason code."""
     files, roots = expand_inputs(inputs)
     bundle = load_bundle(engine)
     size = bundle.input_size("lungs")
-    written = []
+    written: list[Path] = []
+    skipped: dict[str, int] = {}
     with make_runner(bundle, "lungs", resolve_backend(bundle, backend)) as runner:
         for f in files:
-            img = load_image(f).pixels
+            try:
+                img = load_image(f).pixels
+            except TbedgeInputError as e:
+                skipped[e.reason] = skipped.get(e.reason, 0) + 1
+                continue
             heat = runner.infer({"image": L.preprocess(img, size)[None]})["mask"][0, ..., 0]
             lr = L.analyse(heat, img.shape)
             stem = relative_name(f, roots).with_suffix("")
             write_png(out / f"{stem}_mask.png", L.mask_to_native(lr.mask, img.shape) * np.uint8(255))
             write_png(out / f"{stem}_overlay.png", segment_overlay(img, lr))
             written.append(f)
-    return written
+    return written, skipped

@@ -279,6 +279,8 @@ def train_classifier(
     nih_weight: float = typer.Option(1.0, "--nih-weight", help="Loss weight of NIH films (only non-TB)."),
     nih_normal_weight: float = typer.Option(None, "--nih-normal-weight",
                                             help="Loss weight of NIH no-finding films (default: --nih-weight)."),
+    nih_not_tb: bool = typer.Option(False, "--nih-not-tb",
+                                    help="NIH films teach normal vs other only (likelihood given not TB)."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -288,7 +290,8 @@ def train_classifier(
 
     state = run(data, arch, out, seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold,
                 patience=patience, prep=prep, size=size, aug_strength=aug_strength,
-                nih_weight=nih_weight, nih_normal_weight=nih_normal_weight)
+                nih_weight=nih_weight, nih_normal_weight=nih_normal_weight,
+                nih_not_tb=nih_not_tb)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

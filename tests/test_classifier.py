@@ -239,3 +239,34 @@ def test_nih_loss_weights():
     only_no_finding = nih_weights(w, site, y, 0.5, nih_normal_weight=0.0)
     np.testing.assert_allclose(only_no_finding, np.array([1, 0, 0.5, 1]) * 4 / 2.5)
     assert only_no_finding.mean() == pytest.approx(1.0)
+
+
+def test_not_tb_loss_gives_flagged_rows_no_say_on_tb(cm):
+    """Flagged rows (NIH) are scored given "not TB": the TB logit does not move their loss; unflagged
+    rows get the ordinary label-smoothed cross-entropy."""
+    import keras
+
+    loss = cm.NotTbCrossentropy(label_smoothing=0.05, reduction=None)
+    ref = keras.losses.CategoricalCrossentropy(label_smoothing=0.05, reduction=None)
+    logits = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.7]], np.float32)
+    y = np.eye(3, dtype=np.float32)[[0, 2]]
+    p = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    plain = keras.ops.convert_to_numpy(loss(np.c_[y, [0, 0]], p))
+    np.testing.assert_allclose(plain, keras.ops.convert_to_numpy(ref(y, p)), rtol=1e-5)
+    flagged = [keras.ops.convert_to_numpy(loss(np.c_[y, [1, 1]], keras.ops.softmax(logits + [0, d, 0])))
+               for d in (0.0, 3.0, -3.0)]
+    np.testing.assert_allclose(flagged[1], flagged[0], rtol=1e-5)  # TB logit moved: same loss
+    np.testing.assert_allclose(flagged[2], flagged[0], rtol=1e-5)
+    q = np.exp(logits[:, [0, 2]]) / np.exp(logits[:, [0, 2]]).sum(1, keepdims=True)  # p(class | not TB)
+    yc = y[:, [0, 2]] * 0.95 + 0.025
+    np.testing.assert_allclose(flagged[0], -(yc * np.log(q)).sum(1), rtol=1e-5)
+
+
+def test_training_with_nih_not_tb(tiny_crops, tmp_path):
+    from tbedge.train.classifier import train_classifier
+
+    s = train_classifier(tiny_crops, "resnet_s", tmp_path / "n", epochs=1, seed=0, batch=4, max_steps_per_epoch=2,
+                         run_eagerly=True, nih_not_tb=True, log=lambda _: None)
+    assert np.isfinite(s["history"][0]["loss"])
+    cfg = json.loads((tmp_path / "n" / "config.json").read_text())
+    assert cfg["nih_not_tb"] is True

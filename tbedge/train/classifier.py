@@ -152,7 +152,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      label_smoothing: float = 0.05, aug_strength: float = 1.0, split_seed: int = 0,
                      max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
                      prep: str = "box", nih_weight: float = 1.0, nih_normal_weight: float | None = None,
-                     log: Callable[[str], None] = print) -> dict:
+                     nih_not_tb: bool = False, log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -164,10 +164,12 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     ``prep``: the crop preparation (``lungs.CROP_PREPS``; masked preps add the lung-weight channel
     and the lung-pooled head). ``nih_weight`` scales the loss weight of NIH films;
     ``nih_normal_weight`` (default: ``nih_weight``) that of NIH no-finding films alone.
+    ``nih_not_tb``: NIH films are scored by their class likelihood given "not TB"
+    (``classifier_models.NotTbCrossentropy``): they teach normal vs other, never "not TB".
     """
     import keras
 
-    from .classifier_models import build_classifier, describe
+    from .classifier_models import NotTbCrossentropy, build_classifier, describe
     from .loop import run_epochs
 
     out = Path(out)
@@ -186,12 +188,16 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     wtr = balanced_weights(ytr)
     wtr = nih_weights(wtr, crops.site[tr], ytr, nih_weight, nih_normal_weight)
     wse = balanced_weights(yse)
+    ytrue = np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr]
+    if nih_not_tb:  # a 4th column flags the rows the loss scores given "not TB"
+        ytrue = np.concatenate([ytrue, (crops.site[tr] == "nih")[:, None].astype(np.float32)], axis=1)
     log(f"classifier {arch}@{size}: train {len(tr)} {np.bincount(ytr, minlength=3).tolist()}, "
         f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
 
     model = build_classifier(arch, size, lung_channel=L.input_channels(prep) == 2)
     model.compile(keras.optimizers.AdamW(lr, weight_decay=weight_decay),
-                  loss=[keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None],
+                  loss=[NotTbCrossentropy(label_smoothing) if nih_not_tb
+                        else keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None],
                   run_eagerly=run_eagerly)
     info = describe(model)
     steps = int(np.ceil(len(xtr) / batch))
@@ -220,7 +226,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                 img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
                 img[..., 0] = photometric(rng, img[..., 0], aug_strength)  # the film varies, the mask not
                 bx[j] = prepare(img, prep)  # then masked / equalised exactly as at runtime
-            yield bx, (np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr[idx]], None), (wtr[idx], None)
+            yield bx, (ytrue[idx], None), (wtr[idx], None)
 
     def evaluate(m):
         p = predict_probabilities(m, xse)
@@ -241,6 +247,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "budget_minutes": budget_minutes, "batch": batch, "lr": lr, "weight_decay": weight_decay,
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
               "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
+              "nih_not_tb": nih_not_tb,
               "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
               "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))

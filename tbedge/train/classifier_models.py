@@ -7,7 +7,8 @@ inside the graph (``ImageNorm``, as the lung U-Net); outputs ``probabilities`` (
 ``cam = F @ W[:, tb]`` without the bias, so ``mean(cam) + b_tb == tb_logit`` exactly. The head is
 a layer of the forward graph, so the heat map exports to ONNX as a second output.
 
-Importing this module registers :class:`CamHead`; do it before ``keras.models.load_model``.
+Importing this module registers :class:`CamHead` (and the training loss
+:class:`NotTbCrossentropy`); do it before ``keras.models.load_model``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,32 @@ class CamHead(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "n_classes": self.n_classes, "cam_class": self.cam_class}
+
+
+@keras.saving.register_keras_serializable(package="tbedge")
+class NotTbCrossentropy(keras.losses.Loss):
+    """Cross-entropy with label smoothing, except on rows flagged by a 4th ``y_true`` column (films
+    of a source that never shows TB, i.e. NIH): those are scored by the likelihood of their class
+    *given not TB*. They teach normal vs other but carry no gradient to the TB logit, so the
+    source's look cannot turn into "not TB"."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "not_tb_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        n, ls = len(CLASS_NAMES), self.label_smoothing
+        y, flag = y_true[:, :n], y_true[:, n]
+        p = ops.clip(y_pred, 1e-7, 1.0)
+        full = -ops.sum((y * (1 - ls) + ls / n) * ops.log(p), axis=-1)
+        keep = ops.convert_to_tensor([0.0 if i == TB_INDEX else 1.0 for i in range(n)], dtype=p.dtype)
+        q = p * keep / ops.sum(p * keep, axis=-1, keepdims=True)
+        yc = (y * (1 - ls) + ls / (n - 1)) * keep
+        cond = -ops.sum(yc * ops.log(ops.clip(q, 1e-7, 1.0)), axis=-1)
+        return (1 - flag) * full + flag * cond
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 # -- building blocks ------------------------------------------------------------------------

@@ -45,7 +45,7 @@ seeds)  # the first study's two best at its 6-minute budget, seeds 1 and 2; IRv2
   for s in 1 2; do cls resnet_s main "resnet_s6_s$s" 6 "" "$s"; cls edge_irn main "edge_irn_s$s" 6 "" "$s"; done
   cls inception_resnet_v2 main inception_resnet_v2_s0 55
   ;;
-lane4)  # third round: more seeds of the recipe (GPU), mixes without NIH, the other archs across sites
+lane4)  # third round: more seeds of the recipe (GPU), NIH mixes, the other archs across sites, then ship
   # GPU runs: g_main_s{4,5,6}, h_main_s{1,2,3,7} (internal); g_mc_s{4,5}, h_mc_s{3,6} (folds)
   for s in 4 5 6; do mcls m_main "g_main_s$s" 40 - "$s"; done
   for s in 1 2 3 7; do mcls m_main "h_main_s$s" 40 - "$s"; done
@@ -61,6 +61,10 @@ lane4)  # third round: more seeds of the recipe (GPU), mixes without NIH, the ot
   xcls googlenet 0 googlenet
   xcls alexnet 0 alexnet --size 221
   xcls irv2 0 inception_resnet_v2 --size 225
+  # NIH scored given "not TB": better across sites, worse inside them (not shipped; classifier-study.md)
+  for s in 0 1 2; do mcls m_no_montgomery "n_mc_s$s" 16 montgomery "$s" --nih-not-tb; done
+  mcls m_no_shenzhen n_sz_s0 16 shenzhen 0 --nih-not-tb
+  mcls m_main n_main_s0 40 - 0 --nih-not-tb
   CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/g_main_s5" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
   ;;
 *) echo "usage: $0 lane1|lane2|lane3|seeds|lane4" >&2; exit 2 ;;

@@ -279,8 +279,8 @@ def train_classifier(
     nih_weight: float = typer.Option(1.0, "--nih-weight", help="Loss weight of NIH films (only non-TB)."),
     nih_normal_weight: float = typer.Option(None, "--nih-normal-weight",
                                             help="Loss weight of NIH no-finding films (default: --nih-weight)."),
-    nih_not_tb: bool = typer.Option(False, "--nih-not-tb",
-                                    help="NIH films teach normal vs other only (likelihood given not TB)."),
+    nih_not_tb: str = typer.Option("none", "--nih-not-tb", help="none | all | no_finding: these NIH films "
+                                   "teach normal vs other only (likelihood given not TB)."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 

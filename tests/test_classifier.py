@@ -266,7 +266,19 @@ def test_training_with_nih_not_tb(tiny_crops, tmp_path):
     from tbedge.train.classifier import train_classifier
 
     s = train_classifier(tiny_crops, "resnet_s", tmp_path / "n", epochs=1, seed=0, batch=4, max_steps_per_epoch=2,
-                         run_eagerly=True, nih_not_tb=True, log=lambda _: None)
+                         run_eagerly=True, nih_not_tb="all", log=lambda _: None)
     assert np.isfinite(s["history"][0]["loss"])
     cfg = json.loads((tmp_path / "n" / "config.json").read_text())
-    assert cfg["nih_not_tb"] is True
+    assert cfg["nih_not_tb"] == "all"
+
+
+def test_not_tb_flags():
+    from tbedge.train.classifier import class_index, not_tb_flags
+
+    site = np.array(["nih", "nih", "shenzhen", "montgomery"])
+    y = class_index(np.array(["normal", "other", "normal", "tb"]))
+    assert not_tb_flags(site, y, "none").tolist() == [0, 0, 0, 0]
+    assert not_tb_flags(site, y, "all").tolist() == [1, 1, 0, 0]
+    assert not_tb_flags(site, y, "no_finding").tolist() == [1, 0, 0, 0]
+    with pytest.raises(ValueError):
+        not_tb_flags(site, y, "yes")

@@ -110,6 +110,20 @@ def nih_weights(w: np.ndarray, site: np.ndarray, y: np.ndarray, nih_weight: floa
     return w * (len(w) / w.sum())
 
 
+NIH_NOT_TB = ("none", "all", "no_finding")
+
+
+def not_tb_flags(site: np.ndarray, y: np.ndarray, mode: str) -> np.ndarray:
+    """1.0 for the training rows scored given "not TB": NIH films ("all"), or only NIH no-finding
+    films ("no_finding": pneumonia keeps teaching "pneumonia is not TB")."""
+    if mode not in NIH_NOT_TB:
+        raise ValueError(f"nih_not_tb must be one of {NIH_NOT_TB}, not {mode!r}")
+    flag = site == "nih"
+    if mode == "no_finding":
+        flag &= y == CLASS_NAMES.index("normal")
+    return (flag & (mode != "none")).astype(np.float32)
+
+
 def _tb_auc(y: np.ndarray, probs: np.ndarray) -> float:
     t = y == TB
     if t.all() or not t.any():
@@ -152,7 +166,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      label_smoothing: float = 0.05, aug_strength: float = 1.0, split_seed: int = 0,
                      max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
                      prep: str = "box", nih_weight: float = 1.0, nih_normal_weight: float | None = None,
-                     nih_not_tb: bool = False, log: Callable[[str], None] = print) -> dict:
+                     nih_not_tb: str = "none", log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -164,8 +178,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     ``prep``: the crop preparation (``lungs.CROP_PREPS``; masked preps add the lung-weight channel
     and the lung-pooled head). ``nih_weight`` scales the loss weight of NIH films;
     ``nih_normal_weight`` (default: ``nih_weight``) that of NIH no-finding films alone.
-    ``nih_not_tb``: NIH films are scored by their class likelihood given "not TB"
-    (``classifier_models.NotTbCrossentropy``): they teach normal vs other, never "not TB".
+    ``nih_not_tb`` (``NIH_NOT_TB``): which NIH films are scored by their class likelihood given
+    "not TB" (``classifier_models.NotTbCrossentropy``): they teach normal vs other, never "not TB".
     """
     import keras
 
@@ -189,14 +203,14 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     wtr = nih_weights(wtr, crops.site[tr], ytr, nih_weight, nih_normal_weight)
     wse = balanced_weights(yse)
     ytrue = np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr]
-    if nih_not_tb:  # a 4th column flags the rows the loss scores given "not TB"
-        ytrue = np.concatenate([ytrue, (crops.site[tr] == "nih")[:, None].astype(np.float32)], axis=1)
+    if nih_not_tb != "none":  # a 4th column flags the rows the loss scores given "not TB"
+        ytrue = np.concatenate([ytrue, not_tb_flags(crops.site[tr], ytr, nih_not_tb)[:, None]], axis=1)
     log(f"classifier {arch}@{size}: train {len(tr)} {np.bincount(ytr, minlength=3).tolist()}, "
         f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
 
     model = build_classifier(arch, size, lung_channel=L.input_channels(prep) == 2)
     model.compile(keras.optimizers.AdamW(lr, weight_decay=weight_decay),
-                  loss=[NotTbCrossentropy(label_smoothing) if nih_not_tb
+                  loss=[NotTbCrossentropy(label_smoothing) if nih_not_tb != "none"
                         else keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None],
                   run_eagerly=run_eagerly)
     info = describe(model)

@@ -67,7 +67,6 @@ lane4)  # third round: more seeds of the recipe (GPU), NIH mixes, the other arch
   mcls m_main n_main_s0 40 - 0 --nih-not-tb all
   # only NIH no-finding given "not TB" (pneumonia keeps teaching "not TB"): measured, not shipped
   for s in 0 1 2; do mcls m_no_montgomery "q_mc_s$s" 16 montgomery "$s" --nih-not-tb no_finding; done
-  mcls m_main q_main_s0 40 - 0 --nih-not-tb no_finding
   CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/g_main_s5" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
   ;;
 *) echo "usage: $0 lane1|lane2|lane3|seeds|lane4" >&2; exit 2 ;;

@@ -143,10 +143,11 @@ def segment(
     from .edge.segment import segment_files
 
     files, skipped = segment_files(images, out, engine, backend)
-    # reason codes only: file names may carry patient names
-    print(f"{len(files)} images -> {out}" + (f"; skipped {sum(skipped.values())} ("
-                                             + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) + ")"
-                                             if skipped else ""))
+    line = f"{len(files)} images -> {out}"
+    if skipped:  # reason codes only: file names may carry patient names
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+        line += f"; skipped {sum(skipped.values())} ({reasons})"
+    print(line)
 
 
 @train_app.command("lungs")

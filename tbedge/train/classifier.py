@@ -118,10 +118,10 @@ def not_tb_flags(site: np.ndarray, y: np.ndarray, mode: str) -> np.ndarray:
     films ("no_finding": pneumonia keeps teaching "pneumonia is not TB")."""
     if mode not in NIH_NOT_TB:
         raise ValueError(f"nih_not_tb must be one of {NIH_NOT_TB}, not {mode!r}")
-    flag = site == "nih"
+    flag = (site == "nih") & (mode != "none")
     if mode == "no_finding":
         flag &= y == CLASS_NAMES.index("normal")
-    return (flag & (mode != "none")).astype(np.float32)
+    return flag.astype(np.float32)
 
 
 def _tb_auc(y: np.ndarray, probs: np.ndarray) -> float:

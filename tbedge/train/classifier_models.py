@@ -77,12 +77,11 @@ class NotTbCrossentropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         n, ls = len(CLASS_NAMES), self.label_smoothing
         y, flag = y_true[:, :n], y_true[:, n]
-        p = ops.clip(y_pred, 1e-7, 1.0)
-        full = -ops.sum((y * (1 - ls) + ls / n) * ops.log(p), axis=-1)
-        keep = ops.convert_to_tensor([0.0 if i == TB_INDEX else 1.0 for i in range(n)], dtype=p.dtype)
-        q = p * keep / ops.sum(p * keep, axis=-1, keepdims=True)
-        yc = (y * (1 - ls) + ls / (n - 1)) * keep
-        cond = -ops.sum(yc * ops.log(ops.clip(q, 1e-7, 1.0)), axis=-1)
+        full = keras.losses.categorical_crossentropy(y, y_pred, label_smoothing=ls)
+        # given not TB: the same loss over the other classes (it renormalises their probabilities)
+        keep = [i for i in range(n) if i != TB_INDEX]
+        cond = keras.losses.categorical_crossentropy(ops.take(y, keep, axis=1), ops.take(y_pred, keep, axis=1),
+                                                     label_smoothing=ls)
         return (1 - flag) * full + flag * cond
 
     def get_config(self):
@@ -250,8 +249,9 @@ def _resnet_s(x, last_stride: int = 2):
     x = _basic(x, 32, 1, "s1b1")
     for stage, (f, n) in enumerate([(64, 2), (128, 2), (192, 2)], start=2):
         for b in range(n):
-            s = (last_stride if stage == 4 else 2) if b == 0 else 1
-            x = _basic(x, f, s, f"s{stage}b{b + 1}", dilation=1 if stage < 4 or last_stride == 2 else 2)
+            last = stage == 4
+            x = _basic(x, f, (last_stride if last else 2) if b == 0 else 1, f"s{stage}b{b + 1}",
+                       dilation=2 if last and last_stride == 1 else 1)  # a stride given up: keep the field
     return x
 
 

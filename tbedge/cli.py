@@ -324,6 +324,8 @@ def evaluate_lungs(
     onnx: Path = typer.Option(None, "--onnx", help="Its ONNX export: parity and CPU latency."),
     exclude_site: str = typer.Option(None, "--exclude-site", help="The site the model never saw."),
     output: Path = typer.Option(None, "--output", help="Write the report as JSON."),
+    by_batch: bool = typer.Option(False, "--by-batch", help="Also Shenzhen Dice and left-lung misses per "
+                                  "50-ID annotation batch."),
 ):
     """Dice/IoU per part and site, native-resolution Dice, ONNX parity, CPU latency.
 
@@ -333,7 +335,7 @@ def evaluate_lungs(
 
     from .train.lungs import lungs_report
 
-    rep = lungs_report(model, data, onnx, exclude_site)
+    rep = lungs_report(model, data, onnx, exclude_site, by_batch=by_batch)
     text = json.dumps(rep, indent=1)
     if output:
         output.write_text(text)

@@ -121,3 +121,35 @@ def test_qa_passes_every_real_mask(data_root):
         if not qa.plausible:
             bad.append((p.name, qa.failures))
     assert not bad, bad[:5]
+
+
+def test_left_miss_counts_only_the_patients_left_lung():
+    from tbedge.train.lungs import left_miss
+
+    gt = np.zeros((100, 100), bool)
+    gt[20:80, 10:40] = gt[20:80, 60:90] = True  # image left = patient right, image right = patient left
+    pred = gt.copy()
+    pred[60:80, 60:90] = False  # the retrocardiac / lower part of the patient's left lung missed
+    assert left_miss(pred, gt) == pytest.approx(600 / 3600)
+    pred = gt.copy()
+    pred[60:80, 10:40] = False  # the same miss on the patient's right does not count
+    assert left_miss(pred, gt) == 0.0
+
+
+def test_batch_table_calls_batches_from_train_val_and_only_reports_test():
+    from tbedge.train.lungs import LEFT_MISS, batch_table
+
+    ids = [10, 20, 30, 40, 60, 70, 80, 90, 15, 65]
+    parts = ["train"] * 8 + ["test", "test"]
+    hit, miss = LEFT_MISS / 2, LEFT_MISS * 2
+    # batch 0000-0049: 2 of 4 train masks missed -> inclusive; batch 0050-0099: none -> other.
+    misses = [miss, miss, hit, hit, hit, hit, hit, hit, miss, miss]
+    dices = [0.9, 0.9, 0.97, 0.97, 0.98, 0.98, 0.98, 0.98, 0.91, 0.92]
+    t = batch_table(ids, parts, misses, dices)
+    assert t["inclusive_batches"] == [0]
+    assert t["batches_train_val"]["0000-0049"] == {"n": 4, "left_miss_rate": 0.5, "dice_mean": pytest.approx(0.935)}
+    assert t["batches_train_val"]["0050-0099"]["left_miss_rate"] == 0.0
+    # Test masks never decide a batch's group: the test miss in batch 0050-0099 stays "other".
+    assert t["test"]["inclusive"]["n"] == 1 and t["test"]["inclusive"]["dice_mean"] == pytest.approx(0.91)
+    assert t["test"]["other"] == {"n": 1, "dice_mean": pytest.approx(0.92), "dice_median": pytest.approx(0.92),
+                                  "left_miss_rate": 1.0}

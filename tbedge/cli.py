@@ -282,6 +282,8 @@ def train_classifier(
                                             help="Loss weight of NIH no-finding films (default: --nih-weight)."),
     nih_not_tb: str = typer.Option("none", "--nih-not-tb", help="none | all | no_finding: these NIH films "
                                    "teach normal vs other only (likelihood given not TB)."),
+    nih_aug_strength: float = typer.Option(None, "--nih-aug-strength",
+                                           help="Photometric strength for NIH films (default: --aug-strength)."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -292,7 +294,7 @@ def train_classifier(
     state = run(data, arch, out, seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold,
                 patience=patience, prep=prep, size=size, aug_strength=aug_strength,
                 nih_weight=nih_weight, nih_normal_weight=nih_normal_weight,
-                nih_not_tb=nih_not_tb)
+                nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

@@ -266,10 +266,19 @@ def test_training_with_nih_not_tb(tiny_crops, tmp_path):
     from tbedge.train.classifier import train_classifier
 
     s = train_classifier(tiny_crops, "resnet_s", tmp_path / "n", epochs=1, seed=0, batch=4, max_steps_per_epoch=2,
-                         run_eagerly=True, nih_not_tb="all", log=lambda _: None)
+                         run_eagerly=True, nih_not_tb="all", nih_aug_strength=2.0, log=lambda _: None)
     assert np.isfinite(s["history"][0]["loss"])
     cfg = json.loads((tmp_path / "n" / "config.json").read_text())
-    assert cfg["nih_not_tb"] == "all"
+    assert cfg["nih_not_tb"] == "all" and cfg["nih_aug_strength"] == 2.0
+
+
+def test_aug_strengths_scale_only_nih_films():
+    from tbedge.train.classifier import aug_strengths
+
+    site = np.array(["nih", "shenzhen", "montgomery", "nih"])
+    assert aug_strengths(site, 1.0).tolist() == [1.0, 1.0, 1.0, 1.0]  # default: one strength for all
+    assert aug_strengths(site, 1.0, 2.0).tolist() == [2.0, 1.0, 1.0, 2.0]
+    assert aug_strengths(site, 0.5, 0.0).tolist() == [0.0, 0.5, 0.5, 0.0]
 
 
 def test_not_tb_flags():

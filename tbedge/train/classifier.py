@@ -110,6 +110,13 @@ def nih_weights(w: np.ndarray, site: np.ndarray, y: np.ndarray, nih_weight: floa
     return w * (len(w) / w.sum())
 
 
+def aug_strengths(site: np.ndarray, aug_strength: float = 1.0, nih_aug_strength: float | None = None) -> np.ndarray:
+    """Photometric strength per training film: NIH films may get their own, so that their look
+    (NIH is the only source of "other") stops being a cue."""
+    nih = aug_strength if nih_aug_strength is None else nih_aug_strength
+    return np.where(site == "nih", nih, aug_strength).astype(float)
+
+
 NIH_NOT_TB = ("none", "all", "no_finding")
 
 
@@ -166,7 +173,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      label_smoothing: float = 0.05, aug_strength: float = 1.0, split_seed: int = 0,
                      max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
                      prep: str = "box", nih_weight: float = 1.0, nih_normal_weight: float | None = None,
-                     nih_not_tb: str = "none", log: Callable[[str], None] = print) -> dict:
+                     nih_not_tb: str = "none", nih_aug_strength: float | None = None,
+                     log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -180,6 +188,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     ``nih_normal_weight`` (default: ``nih_weight``) that of NIH no-finding films alone.
     ``nih_not_tb`` (``NIH_NOT_TB``): which NIH films are scored by their class likelihood given
     "not TB" (``classifier_models.NotTbCrossentropy``): they teach normal vs other, never "not TB".
+    ``nih_aug_strength`` (default: ``aug_strength``): the photometric strength of NIH films
+    (``aug_strengths``).
     """
     import keras
 
@@ -199,6 +209,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     extra = None
     if fold:  # in-distribution val of the other sites: logged only, never selects
         extra = (crop_arrays(crops, parts["val"], size, prep), class_index(crops.label[parts["val"]]))
+    strength = aug_strengths(crops.site[tr], aug_strength, nih_aug_strength)
     wtr = balanced_weights(ytr)
     wtr = nih_weights(wtr, crops.site[tr], ytr, nih_weight, nih_normal_weight)
     wse = balanced_weights(yse)
@@ -238,7 +249,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                 img = xtr[k].astype(np.float32) / 255.0  # (S, S, C): raw crop [+ lung weights]
                 img = warp(img, random_affine(rng, (size, size), rot=5.0, shift=0.04, scale=(0.93, 1.07)))
                 img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
-                img[..., 0] = photometric(rng, img[..., 0], aug_strength)  # the film varies, the mask not
+                img[..., 0] = photometric(rng, img[..., 0], strength[k])  # the film varies, the mask not
                 bx[j] = prepare(img, prep)  # then masked / equalised exactly as at runtime
             yield bx, (ytrue[idx], None), (wtr[idx], None)
 
@@ -261,7 +272,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "budget_minutes": budget_minutes, "batch": batch, "lr": lr, "weight_decay": weight_decay,
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
               "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
-              "nih_not_tb": nih_not_tb,
+              "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength,
               "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
               "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))

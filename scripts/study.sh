@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4   (lane1 and lane2 side by side; then lane3, lane4)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5   (lane1 and lane2 side by side; then lane3, lane4, lane5)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,5 +69,18 @@ lane4)  # third round: more seeds of the recipe (GPU), NIH mixes, the other arch
   for s in 0 1 2; do mcls m_no_montgomery "q_mc_s$s" 16 montgomery "$s" --nih-not-tb no_finding; done
   CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/g_main_s5" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
   ;;
-*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4" >&2; exit 2 ;;
+lane5)  # fourth round (CPU): 320 px crops, NIH-only augmentation, more Montgomery -> Shenzhen seeds, then ship
+  [ -f "$R/crops/m_main_320.npz" ] || tbedge train crops --data "$D" --lungs "$R/lungs_main/best.keras" \
+    --output "$R/crops/m_main_320.npz" --size 320
+  for s in 0 1; do tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 \
+    --data "$R/crops/m_main_320.npz" --out "$R/cls/r320_main_s$s" --epochs 40 --seed "$s"; done
+  for s in 0 1 2; do mcls m_no_montgomery "na_mc_s$s" 16 montgomery "$s" --nih-aug-strength 2; done
+  mcls m_main na_main_s0 40 - 0 --nih-aug-strength 2
+  for s in 1 2; do mcls m_no_shenzhen "f_sz_s$s" 16 shenzhen "$s"; done
+  tbedge evaluate lungs "$R/lungs_main/best.keras" --by-batch --output "$R/lungs_batches.json"
+  # threshold from three fold seeds per direction (f_mc_s0 ran as m4_mc_mask_nih03_s0)
+  CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/g_main_s5" "$R/cls/m4_mc_mask_nih03_s0" "$R/cls/f_mc_s1" \
+    "$R/cls/f_mc_s2" "$R/cls/f_sz_s0" "$R/cls/f_sz_s1" "$R/cls/f_sz_s2"
+  ;;
+*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5" >&2; exit 2 ;;
 esac

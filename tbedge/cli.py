@@ -303,6 +303,10 @@ def train_threshold(
     predictions: list[Path] = typer.Argument(..., help="predictions.csv of each fold's site_val."),
     output: Path = typer.Option(..., "--output", help="threshold.json to write (beside classifier.keras)."),
     sensitivity: float = typer.Option(0.90, "--sensitivity", help="Target sensitivity."),
+    reference: list[Path] = typer.Option(None, "--reference", help="Each fold model's val predictions.csv (same "
+                                         "order): carry the threshold as a quantile of their NIH scores."),
+    target_val: Path = typer.Option(None, "--target-val", help="The shipped model's val predictions.csv "
+                                    "(with --reference)."),
 ):
     """Lock the operating threshold on out-of-site validation predictions.
 
@@ -312,7 +316,7 @@ def train_threshold(
 
     from .train.threshold import write_threshold
 
-    print(json.dumps(write_threshold(predictions, output, sensitivity), indent=1))
+    print(json.dumps(write_threshold(predictions, output, sensitivity, reference, target_val), indent=1))
 
 
 eval_app = typer.Typer(help="Evaluate models on real data (needs the build extra).", no_args_is_help=True)

@@ -14,7 +14,7 @@ cls() {  # arch crops out budget [fold] [seed]
     --epochs 60 ${5:+--fold $5} --seed "${6:-0}"
 }
 mcls() {  # crops out epochs fold(- = internal) seed [extra args]: the shipped recipe (lung-masked, NIH 0.3)
-  tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 --data "$R/crops/$1_224.npz" \
+  tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 --data "$R/crops/$1_${CROP_SIZE:-224}.npz" \
     --out "$R/cls/$2" --epochs "$3" $([ "$4" = - ] || echo --fold "$4") --seed "$5" "${@:6}"
 }
 case "${1:-}" in
@@ -72,8 +72,7 @@ lane4)  # third round: more seeds of the recipe (GPU), NIH mixes, the other arch
 lane5)  # fourth round (CPU): 320 px crops, NIH-only augmentation, more Montgomery -> Shenzhen seeds, then ship
   [ -f "$R/crops/m_main_320.npz" ] || tbedge train crops --data "$D" --lungs "$R/lungs_main/best.keras" \
     --output "$R/crops/m_main_320.npz" --size 320
-  for s in 0 1; do tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 \
-    --data "$R/crops/m_main_320.npz" --out "$R/cls/r320_main_s$s" --epochs 40 --seed "$s"; done
+  for s in 0 1; do CROP_SIZE=320 mcls m_main "r320_main_s$s" 40 - "$s"; done
   for s in 0 1 2; do mcls m_no_montgomery "na_mc_s$s" 16 montgomery "$s" --nih-aug-strength 2; done
   mcls m_main na_main_s0 40 - 0 --nih-aug-strength 2
   for s in 1 2; do mcls m_no_shenzhen "f_sz_s$s" 16 shenzhen "$s"; done

@@ -71,17 +71,16 @@ def transfer_threshold(folds: list[tuple[str | Path, str | Path]], target_val: s
     """``folds``: (site_val predictions, val predictions) of each fold model; ``target_val``: the
     shipped model's val predictions. The threshold is the mean fold quantile of the reference
     scores, read off the shipped model's reference scores (module docstring)."""
-    per_fold = {}
+    fits = []  # per fold: site_val labels, scores and site; its reference scores; its own threshold
     for site_val, val in folds:
         y, s, site = read_predictions(site_val)
-        ref = reference_scores(val)
-        own = threshold_at_sensitivity(y, s, target)
-        per_fold[str(site_val)] = {"site": str(site[0]), "optimum": own, "quantile": quantile_of(ref, own),
-                                   "ref": ref, "y": y, "s": s}
-    q = float(np.mean([f["quantile"] for f in per_fold.values()]))
+        fits.append((y, s, str(site[0]), reference_scores(val), threshold_at_sensitivity(y, s, target)))
+    q = float(np.mean([quantile_of(ref, own) for *_, ref, own in fits]))
     value = float(np.quantile(reference_scores(target_val), q))
-    for f in per_fold.values():  # each fold model at the same quantile of its own reference scores
-        f["at_quantile"] = sens_spec(f.pop("y"), f.pop("s"), float(np.quantile(f.pop("ref"), q)))
+    per_fold = {str(site_val): {"site": site, "optimum": own, "quantile": quantile_of(ref, own),
+                                # each fold model at the same quantile of its own reference scores
+                                "at_quantile": sens_spec(y, s, float(np.quantile(ref, q)))}
+                for (site_val, _), (y, s, site, ref, own) in zip(folds, fits, strict=True)}
     return {"value": value, "on": "tb_probability", "target_sensitivity": target,
             "chosen_on": "quantile of the reference (NIH val) scores at which out-of-site site_val "
                          "predictions reach the target; folds: " + ", ".join(str(a) for a, _ in folds)

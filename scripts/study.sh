@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5   (lane1 and lane2 side by side; then lane3, lane4, lane5)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6   (lane1 and lane2 side by side; then lane3 … lane6)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,5 +81,9 @@ lane5)  # fourth round (CPU): 320 px crops, NIH-only augmentation, more Montgome
   CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/g_main_s5" "$R/cls/m4_mc_mask_nih03_s0" "$R/cls/f_mc_s1" \
     "$R/cls/f_mc_s2" "$R/cls/f_sz_s0" "$R/cls/f_sz_s1" "$R/cls/f_sz_s2"
   ;;
-*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5" >&2; exit 2 ;;
+lane6)  # fifth round (CPU): a source adversary on normal films (NIH vs TB sites), rule in docs/selection-rules.md
+  for s in 0 1 2; do mcls m_no_montgomery "adv_mc_s$s" 16 montgomery "$s" --nih-adversary 0.5; done
+  mcls m_main adv_main_s0 40 - 0 --nih-adversary 0.5
+  ;;
+*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6" >&2; exit 2 ;;
 esac

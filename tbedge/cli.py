@@ -284,6 +284,8 @@ def train_classifier(
                                    "teach normal vs other only (likelihood given not TB)."),
     nih_aug_strength: float = typer.Option(None, "--nih-aug-strength",
                                            help="Photometric strength for NIH films (default: --aug-strength)."),
+    nih_adversary: float = typer.Option(0.0, "--nih-adversary", help="Strength of a training-only adversary that "
+                                        "makes normal films' features hide NIH vs TB site (0 = off)."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -294,7 +296,7 @@ def train_classifier(
     state = run(data, arch, out, seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold,
                 patience=patience, prep=prep, size=size, aug_strength=aug_strength,
                 nih_weight=nih_weight, nih_normal_weight=nih_normal_weight,
-                nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength)
+                nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength, nih_adversary=nih_adversary)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

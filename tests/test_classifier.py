@@ -291,3 +291,60 @@ def test_not_tb_flags():
     assert not_tb_flags(site, y, "no_finding").tolist() == [1, 0, 0, 0]
     with pytest.raises(ValueError):
         not_tb_flags(site, y, "yes")
+
+
+def test_source_targets_weigh_only_normals_half_each():
+    from tbedge.train.classifier import class_index, source_targets
+
+    site = np.array(["nih", "nih", "nih", "shenzhen", "montgomery", "shenzhen", "nih"])
+    y = class_index(np.array(["normal", "normal", "other", "normal", "tb", "tb", "normal"]))
+    target, w = source_targets(site, y)
+    assert target[:, 0].tolist() == [1, 1, 1, 0, 0, 0, 1]
+    assert w[[2, 4, 5]].tolist() == [0, 0, 0]  # pneumonia and TB: source is the class there
+    normal = y == 0
+    assert w[normal & (site == "nih")].sum() == pytest.approx(w[normal & (site != "nih")].sum())
+    assert w[normal].mean() == pytest.approx(1.0)
+
+
+def test_gradient_reversal_is_identity_forward_and_flips_the_gradient(cm):
+    import tensorflow as tf
+
+    x = tf.constant([[0.5, -2.0, 3.0]])
+    layer = cm.GradientReversal(0.5)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * tf.constant([[1.0, 2.0, -1.0]]))
+    np.testing.assert_allclose(y.numpy(), x.numpy(), atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), [[-0.5, -1.0, 0.5]], atol=1e-6)
+
+
+def test_source_adversary_leaves_the_classifier_untouched(cm):
+    """The training model adds a ``source`` output; stripping it gives back the same probabilities and
+    an exact CAM."""
+    m = cm.build_classifier("resnet_s", 64, lung_channel=True)
+    adv = cm.with_source_adversary(m, 0.5)
+    assert list(adv.output_names) == ["probabilities", "cam", "source"]
+    x = np.random.default_rng(0).random((2, 64, 64, 2)).astype(np.float32)
+    probs, cam, src = adv(x, training=False)
+    assert tuple(src.shape) == (2, 1)
+    alone = cm.without_source_adversary(adv)
+    assert list(alone.output_names) == ["probabilities", "cam"]
+    p2, _ = _cam_check(alone, x)
+    np.testing.assert_allclose(p2, np.asarray(probs), atol=1e-6)
+    assert cm.without_source_adversary(m) is m
+
+
+def test_training_with_source_adversary_ships_the_classifier_alone(tiny_crops, tmp_path):
+    from tbedge.train.classifier import train_classifier
+    from tbedge.train.predict import load_keras
+
+    kw = dict(epochs=1, seed=0, batch=4, max_steps_per_epoch=2, run_eagerly=True, prep="masked",
+              nih_adversary=0.5, log=lambda _: None)
+    s = train_classifier(tiny_crops, "resnet_s", tmp_path / "a", **kw)
+    assert np.isfinite(s["history"][0]["loss"])
+    assert list(load_keras(tmp_path / "a" / "best.keras").output_names) == ["probabilities", "cam"]
+    assert "source" in load_keras(tmp_path / "a" / "last.keras").output_names  # a resume keeps the adversary
+    s = train_classifier(tiny_crops, "resnet_s", tmp_path / "a", **{**kw, "epochs": 2})
+    assert len(s["history"]) == 2
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["nih_adversary"] == 0.5

@@ -131,6 +131,20 @@ def not_tb_flags(site: np.ndarray, y: np.ndarray, mode: str) -> np.ndarray:
     return flag.astype(np.float32)
 
 
+def source_targets(site: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(target, weight) of the source adversary: target 1 for NIH films; weights only on normal films,
+    NIH and the TB sites' normals each half of the total (mean 1 over normals). Pneumonia (NIH only)
+    and TB (TB sites only) carry no weight: there source and class are one, and hiding the source
+    would hide the class."""
+    normal = y == CLASS_NAMES.index("normal")
+    nih = site == "nih"
+    w = np.zeros(len(y), np.float32)
+    for group in (normal & nih, normal & ~nih):
+        if group.any():
+            w[group] = normal.sum() / (2.0 * group.sum())
+    return nih.astype(np.float32)[:, None], w
+
+
 def _tb_auc(y: np.ndarray, probs: np.ndarray) -> float:
     t = y == TB
     if t.all() or not t.any():
@@ -174,7 +188,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
                      prep: str = "box", nih_weight: float = 1.0, nih_normal_weight: float | None = None,
                      nih_not_tb: str = "none", nih_aug_strength: float | None = None,
-                     log: Callable[[str], None] = print) -> dict:
+                     nih_adversary: float = 0.0, log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -189,11 +203,14 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     ``nih_not_tb`` (``NIH_NOT_TB``): which NIH films are scored by their class likelihood given
     "not TB" (``classifier_models.NotTbCrossentropy``): they teach normal vs other, never "not TB".
     ``nih_aug_strength`` (default: ``aug_strength``): the photometric strength of NIH films
-    (``aug_strengths``).
+    (``aug_strengths``). ``nih_adversary`` > 0: train with a source adversary of that strength on
+    normal films (``classifier_models.with_source_adversary``, ``source_targets``); the saved
+    ``best.keras`` is the classifier alone.
     """
     import keras
 
-    from .classifier_models import NotTbCrossentropy, build_classifier, describe
+    from .classifier_models import (NotTbCrossentropy, build_classifier, describe, with_source_adversary,
+                                    without_source_adversary)
     from .loop import run_epochs
 
     out = Path(out)
@@ -220,11 +237,14 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
 
     model = build_classifier(arch, size, lung_channel=L.input_channels(prep) == 2)
-    model.compile(keras.optimizers.AdamW(lr, weight_decay=weight_decay),
-                  loss=[NotTbCrossentropy(label_smoothing) if nih_not_tb != "none"
-                        else keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None],
-                  run_eagerly=run_eagerly)
     info = describe(model)
+    loss = [NotTbCrossentropy(label_smoothing) if nih_not_tb != "none"
+            else keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None]
+    if nih_adversary:
+        src, wsrc = source_targets(crops.site[tr], ytr)
+        model = with_source_adversary(model, nih_adversary)
+        loss.append(keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(keras.optimizers.AdamW(lr, weight_decay=weight_decay), loss=loss, run_eagerly=run_eagerly)
     steps = int(np.ceil(len(xtr) / batch))
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
@@ -251,7 +271,10 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                 img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
                 img[..., 0] = photometric(rng, img[..., 0], strength[k])  # the film varies, the mask not
                 bx[j] = prepare(img, prep)  # then masked / equalised exactly as at runtime
-            yield bx, (ytrue[idx], None), (wtr[idx], None)
+            if nih_adversary:
+                yield bx, (ytrue[idx], None, src[idx]), (wtr[idx], None, wsrc[idx])
+            else:
+                yield bx, (ytrue[idx], None), (wtr[idx], None)
 
     def evaluate(m):
         p = predict_probabilities(m, xse)
@@ -272,7 +295,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "budget_minutes": budget_minutes, "batch": batch, "lr": lr, "weight_decay": weight_decay,
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
               "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
-              "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength,
+              "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength, "nih_adversary": nih_adversary,
               "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
               "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))
@@ -285,6 +308,11 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         state, stopped = json.loads(state_path.read_text()), "budget"
         log(f"budget of {budget_minutes} min reached after epoch {state['epoch'] + 1}")
     state["stopped"] = stopped
+    if nih_adversary and (out / "best.keras").exists():  # ship the classifier alone; last.keras keeps
+        from .loop import _save_model                      # the adversary for a resume
+        from .predict import load_keras
+
+        _save_model(without_source_adversary(load_keras(out / "best.keras")), out / "best.keras")
     if state["history"]:
         plot_curves(state["history"], out / "curves.png",
                     f"{arch}@{size} fold={fold or 'internal'} seed={seed} "

@@ -7,8 +7,8 @@ inside the graph (``ImageNorm``, as the lung U-Net); outputs ``probabilities`` (
 ``cam = F @ W[:, tb]`` without the bias, so ``mean(cam) + b_tb == tb_logit`` exactly. The head is
 a layer of the forward graph, so the heat map exports to ONNX as a second output.
 
-Importing this module registers :class:`CamHead` (and the training loss
-:class:`NotTbCrossentropy`); do it before ``keras.models.load_model``.
+Importing this module registers :class:`CamHead` (and the training-only loss
+:class:`NotTbCrossentropy` and source-adversary layers); do it before ``keras.models.load_model``.
 """
 
 from __future__ import annotations
@@ -86,6 +86,65 @@ class NotTbCrossentropy(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="tbedge")
+class GradientReversal(layers.Layer):
+    """Identity forward; the gradient flowing back is multiplied by ``-strength`` (domain-adversarial
+    training: the layers below learn to hide what the head above learns to find)."""
+
+    def __init__(self, strength: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.strength = strength
+
+    def call(self, x):
+        s = self.strength
+        return ops.stop_gradient(x * (1.0 + s)) - s * x  # value x, d/dx = -s
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "strength": self.strength}
+
+
+@keras.saving.register_keras_serializable(package="tbedge")
+class LungPool(layers.Layer):
+    """Lung-weighted spatial mean of F (B, h, w, c) -> (B, c): what the lung-pooled head's logits are
+    linear in. Without lung weights, the plain mean."""
+
+    def call(self, f, lung=None):
+        if lung is None:
+            return ops.mean(f, axis=(1, 2))
+        return ops.sum(f * lung, axis=(1, 2)) / (ops.sum(lung, axis=(1, 2)) + 1e-3)
+
+    def compute_output_shape(self, f_shape, lung_shape=None):
+        return (f_shape[0], f_shape[-1])
+
+
+SOURCE_OUTPUT = "source"
+
+
+def with_source_adversary(model: keras.Model, strength: float, width: int = 64) -> keras.Model:
+    """Training-only model: ``model``'s outputs plus ``source`` (B, 1), the logit of "this film comes
+    from NIH", read from the pooled backbone features through a :class:`GradientReversal`. Trained on
+    normal films only, it makes the backbone hide the NIH look from the TB head; the shipped model is
+    :func:`without_source_adversary`."""
+    feats = model.get_layer("head_dropout").input
+    lung = model.get_layer("lung_cells").output if any(lay.name == "lung_cells" for lay in model.layers) else None
+    x = LungPool(name="source_pool")(feats, lung) if lung is not None else LungPool(name="source_pool")(feats)
+    x = GradientReversal(strength, name="source_reversal")(x)
+    x = layers.Dense(width, activation="relu", name="source_hidden")(x)
+    src = layers.Dense(1, name=SOURCE_OUTPUT, dtype="float32")(x)
+    return keras.Model(model.input, [*model.outputs, src], name=model.name)
+
+
+def without_source_adversary(model: keras.Model) -> keras.Model:
+    """The classifier alone (``probabilities``, ``cam``): drops a training-only ``source`` head."""
+    if SOURCE_OUTPUT not in model.output_names:
+        return model
+    return keras.Model(model.input, [model.get_layer("probabilities").output, model.get_layer("cam").output],
+                       name=model.name)
 
 
 # -- building blocks ------------------------------------------------------------------------

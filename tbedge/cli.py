@@ -198,6 +198,26 @@ def build_engine(
     print(json.dumps(summary, indent=1, default=str))
 
 
+@app.command("set-threshold")
+def set_threshold(
+    results: Path = typer.Argument(..., help="results.jsonl from `tbedge screen` on your own films."),
+    labels: Path = typer.Argument(..., help="CSV: tb (1/0) and sha256 or sop_instance_uid (no patient IDs)."),
+    engine: Path = ENGINE,
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write (a copy with the new threshold)."),
+    sensitivity: float = typer.Option(0.90, "--sensitivity", help="Target sensitivity on your TB films."),
+):
+    """Set the operating point on your own labelled films: a copy of the bundle with the threshold
+    re-locked (the highest one reaching the target sensitivity). Report its accuracy on other films.
+
+    Example: tbedge set-threshold local/results.jsonl local/labels.csv --out engines/site
+    """
+    import json
+
+    from .build.local_threshold import set_local_threshold
+
+    print(json.dumps(set_local_threshold(results, labels, engine, out, sensitivity), indent=1))
+
+
 @app.command("calibration-set")
 def calibration_set(
     out: Path = typer.Option(..., "--out", help="Directory for the tensors and their manifest."),
@@ -397,14 +417,16 @@ def _user_errors() -> tuple:
     from .edge.bundle import BundleError
     from .schema import TbedgeInputError
 
-    errors = (*USER_ERRORS, BundleError, TbedgeInputError, BenchError)
+    from .build.bundle_copy import BuildError
+    from .build.local_threshold import LocalThresholdError
+
+    errors = (*USER_ERRORS, BundleError, TbedgeInputError, BenchError, BuildError, LocalThresholdError)
     try:  # build errors are the user's to fix (a failed gate, a bad model); needs the [build] extra
-        from .build.bundle_writer import BuildError
         from .build.export import ExportParityError
         from .build.gate import GateFailure
         from .calibration.sets import CalibrationSetError
 
-        errors += (BuildError, ExportParityError, GateFailure, CalibrationSetError)
+        errors += (ExportParityError, GateFailure, CalibrationSetError)
     except ImportError:
         pass
     return errors

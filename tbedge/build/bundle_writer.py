@@ -40,6 +40,7 @@ from ..edge.bundle import (
 from ..edge.imaging import load_image
 from . import gate as G
 from . import precision as P
+from .bundle_copy import BuildError, copy_bundle, swap_in  # noqa: F401 (BuildError is re-exported)
 
 DEFAULT_CLASS_NAMES = list(datasets.LABELS)  # normal, tb, other: the classifier's output order
 PREPROCESSING_RESIZE = "area"
@@ -50,10 +51,6 @@ ATOL_FLOOR = {"fp32": 2e-3, "fp16": 1e-2, "int8": 5e-2}
 ATOL_FLOOR_TRT_FP32 = 1e-2
 ATOL_HEADROOM = 3.0
 ProgressFn = Callable[[str], None]
-
-
-class BuildError(Exception):
-    pass
 
 
 @dataclass
@@ -243,24 +240,12 @@ def build_bundle(lungs_src: str | Path, classifier_src: str | Path, out: str | P
                               build_plans, opt_batch, max_batch, gate_max_images, say)
         shutil.rmtree(work)
         load_bundle(stage)  # the reader must accept what we wrote
-        _swap_in(stage, out)
+        swap_in(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     summary["bundle"] = str(out)
     return summary
-
-
-def _swap_in(stage: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        if not (out / "manifest.json").is_file() and any(out.iterdir()):
-            raise BuildError(f"{out} exists and is not a bundle; refusing to replace it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _build_into(stage, work, lungs_src, classifier_src, precision, target, calibration, threshold, data_root,
@@ -417,7 +402,7 @@ def add_plans(bundle: str | Path, opt_batch: int = 8, max_batch: int = 32,
         m["target"] = "tensorrt"
         write_manifest(stage, m)
         load_bundle(stage)
-        _swap_in(stage, b.path)
+        swap_in(stage, b.path)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -493,20 +478,6 @@ def default_sources() -> tuple[Path, Path]:
     raise BuildError(f"no shipped models: neither {b}/manifest.json nor {k}/{{lungs,classifier}}.keras")
 
 
-def _copy_bundle(src: Path, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.copy-", dir=out.parent))
-    try:
-        for p in src.iterdir():
-            if p.is_file():
-                shutil.copyfile(p, stage / p.name)
-        load_bundle(stage)
-        _swap_in(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-
-
 def _threshold_file(classifier: Path) -> dict | None:
     side = classifier.parent / "threshold.json"
     return json.loads(side.read_text()) if classifier.suffix == ".keras" and side.is_file() else None
@@ -531,7 +502,7 @@ def build_engine(model: Path | None, default: bool, precision: str, target: str,
         same = b.entry("lungs")["precision"] == precision and precision != "fp32"
         if same and target == "tensorrt":  # already quantized and gated: only the plans are missing
             if Path(out).resolve() != b.path.resolve():
-                _copy_bundle(b.path, Path(out))
+                copy_bundle(b.path, Path(out))
             return add_plans(out, progress=progress)
         lungs = cls = Path(model)
     elif Path(model).is_dir():

@@ -209,8 +209,13 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     """
     import keras
 
-    from .classifier_models import (NotTbCrossentropy, build_classifier, describe, with_source_adversary,
-                                    without_source_adversary)
+    from .classifier_models import (
+        NotTbCrossentropy,
+        build_classifier,
+        describe,
+        with_source_adversary,
+        without_source_adversary,
+    )
     from .loop import run_epochs
 
     out = Path(out)
@@ -309,7 +314,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         log(f"budget of {budget_minutes} min reached after epoch {state['epoch'] + 1}")
     state["stopped"] = stopped
     if nih_adversary and (out / "best.keras").exists():  # ship the classifier alone; last.keras keeps
-        from .loop import _save_model                      # the adversary for a resume
+        from .loop import _save_model  # the adversary for a resume
         from .predict import load_keras
 
         _save_model(without_source_adversary(load_keras(out / "best.keras")), out / "best.keras")

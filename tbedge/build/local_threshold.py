@@ -1,0 +1,119 @@
+"""A programme's own operating point: re-lock a bundle's threshold on its own labelled films.
+
+The shipped threshold comes from out-of-site predictions, but across the two sites here the
+per-site optimum moved by a factor of ~19 (model card), so a programme should set the operating
+point on films from its own scanners before it relies on "clear". Input: ``tbedge screen``'s
+results (JSONL) for those films and a CSV of reference labels keyed by content hash (or SOP
+Instance UID), never by patient. Output: a copy of the bundle whose manifest carries the new
+threshold, how it was chosen and the previous one. The films used here must not also be used to
+report the new operating point's accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..edge.bundle import load_bundle
+from ..schema import STATUS_OK
+from ..train.metrics import TARGET_SENSITIVITY, sens_spec, threshold_at_sensitivity
+
+MIN_POSITIVES = 20  # below this the sensitivity's 95 % CI is wider than ±0.15 at 0.90
+MIN_NEGATIVES = 20
+LABEL_VALUES = {"1": True, "0": False}
+
+
+class LocalThresholdError(ValueError):
+    """Inputs that cannot set an operating point, said so a technician can fix them."""
+
+
+def read_labels(path: str | Path) -> dict[str, bool]:
+    """CSV with a ``tb`` column (1 = TB confirmed, 0 = not TB) and a key column ``sha256`` or
+    ``sop_instance_uid`` -> {key: is_tb}."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise LocalThresholdError(f"{path}: no label rows")
+    key = next((k for k in ("sha256", "sop_instance_uid") if k in rows[0]), None)
+    if key is None or "tb" not in rows[0]:
+        raise LocalThresholdError(f"{path}: needs a 'tb' column (1/0) and a 'sha256' or 'sop_instance_uid' column")
+    labels: dict[str, bool] = {}
+    for i, r in enumerate(rows, start=2):
+        v = (r["tb"] or "").strip()
+        if v not in LABEL_VALUES:
+            raise LocalThresholdError(f"{path}, line {i}: tb must be 1 or 0, not {v!r}")
+        k = (r[key] or "").strip().lower() if key == "sha256" else (r[key] or "").strip()
+        if not k:
+            raise LocalThresholdError(f"{path}, line {i}: empty {key}")
+        if k in labels and labels[k] != LABEL_VALUES[v]:
+            raise LocalThresholdError(f"{path}: {key} {k[:12]}… is labelled both 1 and 0")
+        labels[k] = LABEL_VALUES[v]
+    return labels
+
+
+def matched_scores(results: str | Path, labels: dict[str, bool], classifier_sha256: str) -> tuple[
+        np.ndarray, np.ndarray, dict[str, int]]:
+    """(is_tb, tb_probability) of the labelled films whose result the threshold decides, and counts
+    of the rest. Films referred whatever the threshold (implausible lungs) and films that were not
+    scored say nothing about it. Results scored by another classifier are refused."""
+    y, s = [], []
+    counts = {"results": 0, "unlabelled": 0, "repeated": 0, "not_scored": 0, "always_referred": 0}
+    seen: set[str] = set()
+    with open(results) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            counts["results"] += 1
+            key = r.get("sha256") if r.get("sha256") in labels else r.get("sop_instance_uid")
+            if key not in labels:
+                counts["unlabelled"] += 1
+                continue
+            if key in seen:  # the same film screened twice counts once
+                counts["repeated"] += 1
+                continue
+            if r.get("status") != STATUS_OK or r.get("tb_probability") is None:
+                counts["not_scored"] += 1
+                continue
+            used = (r.get("models") or {}).get("classifier", {}).get("sha256")
+            if used != classifier_sha256:
+                raise LocalThresholdError(f"{r.get('sha256', '')[:12]}… was scored by classifier {str(used)[:12]}…, "
+                                          f"not this bundle's {classifier_sha256[:12]}…: screen the films with "
+                                          "this bundle first")
+            if "lungs_implausible" in r.get("qa_flags", []):
+                counts["always_referred"] += 1
+                continue
+            seen.add(key)
+            y.append(labels[key])
+            s.append(float(r["tb_probability"]))
+    return np.array(y, bool), np.array(s, float), counts
+
+
+def set_local_threshold(results: str | Path, labels_csv: str | Path, engine: str | Path, out: str | Path,
+                        sensitivity: float = TARGET_SENSITIVITY, min_positives: int = MIN_POSITIVES,
+                        min_negatives: int = MIN_NEGATIVES) -> dict:
+    """Copy ``engine`` to ``out`` with the threshold re-locked on the labelled films (the highest
+    threshold reaching ``sensitivity`` on them); return the report (also in the new manifest)."""
+    from .bundle_copy import copy_bundle
+
+    bundle = load_bundle(engine)
+    labels = read_labels(labels_csv)
+    y, s, counts = matched_scores(results, labels, bundle.entry("classifier")["sha256"])
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos < min_positives or n_neg < min_negatives:
+        raise LocalThresholdError(f"{n_pos} TB and {n_neg} non-TB labelled films matched the results; at least "
+                                  f"{min_positives} and {min_negatives} are needed to set an operating point")
+    old = dict(bundle.manifest["threshold"])
+    value = threshold_at_sensitivity(y, s, sensitivity)
+    labels_sha = hashlib.sha256(Path(labels_csv).read_bytes()).hexdigest()
+    report = {"value": value, "target_sensitivity": sensitivity, "n_tb": n_pos, "n_not_tb": n_neg, **counts,
+              "labels_sha256": labels_sha, "at_new": sens_spec(y, s, value),
+              "at_previous": sens_spec(y, s, old["value"]), "previous": old}
+    new = {**old, "value": value, "target_sensitivity": sensitivity, "previous": old,
+           "chosen_on": f"local labelled films: {n_pos} TB, {n_neg} not TB (labels sha256 {labels_sha[:16]}…)"}
+    copy_bundle(bundle.path, Path(out), edit=lambda m: {**m, "threshold": new})
+    return report

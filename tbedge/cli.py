@@ -413,12 +413,11 @@ USER_ERRORS: tuple = (FileNotFoundError, NotADirectoryError, PermissionError, Us
 
 
 def _user_errors() -> tuple:
+    from .build.bundle_copy import BuildError
+    from .build.local_threshold import LocalThresholdError
     from .edge.bench import BenchError
     from .edge.bundle import BundleError
     from .schema import TbedgeInputError
-
-    from .build.bundle_copy import BuildError
-    from .build.local_threshold import LocalThresholdError
 
     errors = (*USER_ERRORS, BundleError, TbedgeInputError, BenchError, BuildError, LocalThresholdError)
     try:  # build errors are the user's to fix (a failed gate, a bad model); needs the [build] extra

@@ -203,8 +203,10 @@ def set_threshold(
     results: Path = typer.Argument(..., help="results.jsonl from `tbedge screen` on your own films."),
     labels: Path = typer.Argument(..., help="CSV: tb (1/0) and sha256 or sop_instance_uid (no patient IDs)."),
     engine: Path = ENGINE,
-    out: Path = typer.Option(..., "--out", help="Bundle directory to write (a copy with the new threshold)."),
+    out: Path = typer.Option(None, "--out", help="Bundle directory to write (a copy with the new threshold); "
+                             "without it, only report how the current threshold does on these films."),
     sensitivity: float = typer.Option(0.90, "--sensitivity", help="Target sensitivity on your TB films."),
+    report: Path = typer.Option(None, "--report", help="Also write local_threshold.json and roc.png here."),
 ):
     """Set the operating point on your own labelled films: a copy of the bundle with the threshold
     re-locked (the highest one reaching the target sensitivity). Report its accuracy on other films.
@@ -215,7 +217,7 @@ def set_threshold(
 
     from .build.local_threshold import set_local_threshold
 
-    print(json.dumps(set_local_threshold(results, labels, engine, out, sensitivity), indent=1))
+    print(json.dumps(set_local_threshold(results, labels, engine, out, sensitivity, report_dir=report), indent=1))
 
 
 @app.command("calibration-set")

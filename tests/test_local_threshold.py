@@ -41,6 +41,10 @@ def screened(data_root, tmp_path_factory):
 
 def test_relocks_the_threshold_on_local_films(screened, tmp_path):
     results, labels, truth = screened
+    only = set_local_threshold(results, labels, None, None, report_dir=tmp_path / "rep")  # report, no bundle
+    assert "bundle" not in only and only["at_previous"]["threshold"] == load_bundle(None).threshold
+    assert (tmp_path / "rep" / "roc.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "rep" / "local_threshold.json").read_text())["value"] == only["value"]
     rep = set_local_threshold(results, labels, None, tmp_path / "site", sensitivity=0.9)
     new = load_bundle(tmp_path / "site")  # verified: hashes and the threshold's classifier
     shipped = load_bundle(default_bundle_path())

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..edge.bundle import load_bundle
+from ..fsio import atomic_write_text
 from ..schema import STATUS_OK
 from ..train.metrics import TARGET_SENSITIVITY, sens_spec, threshold_at_sensitivity
 
@@ -93,11 +94,28 @@ def matched_scores(results: str | Path, labels: dict[str, bool], classifier_sha2
     return np.array(y, bool), np.array(s, float), counts
 
 
-def set_local_threshold(results: str | Path, labels_csv: str | Path, engine: str | Path, out: str | Path,
-                        sensitivity: float = TARGET_SENSITIVITY, min_positives: int = MIN_POSITIVES,
-                        min_negatives: int = MIN_NEGATIVES) -> dict:
+def plot_local_roc(y: np.ndarray, s: np.ndarray, report: dict, path: Path) -> str | None:
+    """ROC of the local films with the previous and the new operating point; None (and no file)
+    where matplotlib is not installed (it comes with the ``[build]`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
+    from ..train.metrics import plot_roc
+
+    points = {f"{name} threshold {r['threshold']:.4f}": (1 - r["specificity"], r["sensitivity"])
+              for name, r in (("previous", report["at_previous"]), ("new", report["at_new"]))}
+    return str(plot_roc({"local films": (y, s)}, path, points, title="TB vs rest on the local films"))
+
+
+def set_local_threshold(results: str | Path, labels_csv: str | Path, engine: str | Path | None,
+                        out: str | Path | None, sensitivity: float = TARGET_SENSITIVITY,
+                        min_positives: int = MIN_POSITIVES, min_negatives: int = MIN_NEGATIVES,
+                        report_dir: str | Path | None = None) -> dict:
     """Copy ``engine`` to ``out`` with the threshold re-locked on the labelled films (the highest
-    threshold reaching ``sensitivity`` on them); return the report (also in the new manifest)."""
+    threshold reaching ``sensitivity`` on them); return the report (also in the new manifest).
+    ``out`` None: only report (how the current threshold does on these films). ``report_dir``:
+    also write ``local_threshold.json`` and ``roc.png`` there."""
     from .bundle_copy import copy_bundle
 
     bundle = load_bundle(engine)
@@ -113,7 +131,14 @@ def set_local_threshold(results: str | Path, labels_csv: str | Path, engine: str
     report = {"value": value, "target_sensitivity": sensitivity, "n_tb": n_pos, "n_not_tb": n_neg, **counts,
               "labels_sha256": labels_sha, "at_new": sens_spec(y, s, value),
               "at_previous": sens_spec(y, s, old["value"]), "previous": old}
-    new = {**old, "value": value, "target_sensitivity": sensitivity, "previous": old,
-           "chosen_on": f"local labelled films: {n_pos} TB, {n_neg} not TB (labels sha256 {labels_sha[:16]}…)"}
-    copy_bundle(bundle.path, Path(out), edit=lambda m: {**m, "threshold": new})
+    if report_dir is not None:
+        report_dir = Path(report_dir)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        report["roc_png"] = plot_local_roc(y, s, report, report_dir / "roc.png")
+        atomic_write_text(report_dir / "local_threshold.json", json.dumps(report, indent=1))
+    if out is not None:
+        new = {**old, "value": value, "target_sensitivity": sensitivity, "previous": old,
+               "chosen_on": f"local labelled films: {n_pos} TB, {n_neg} not TB (labels sha256 {labels_sha[:16]}…)"}
+        copy_bundle(bundle.path, Path(out), edit=lambda m: {**m, "threshold": new})
+        report["bundle"] = str(out)
     return report

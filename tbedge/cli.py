@@ -200,7 +200,8 @@ def build_engine(
 
 @app.command("set-threshold")
 def set_threshold(
-    results: Path = typer.Argument(..., help="results.jsonl from `tbedge screen` on your own films."),
+    results: Path = typer.Argument(..., help="results.jsonl from `tbedge screen` on your own films, or the "
+                                   "RESULTS/results folder of `tbedge watch`."),
     labels: Path = typer.Argument(..., help="CSV: tb (1/0) and sha256 or sop_instance_uid (no patient IDs)."),
     engine: Path = ENGINE,
     out: Path = typer.Option(None, "--out", help="Bundle directory to write (a copy with the new threshold); "

@@ -60,6 +60,12 @@ def test_relocks_the_threshold_on_local_films(screened, tmp_path):
     assert sens_spec(y, s, new.threshold)["sensitivity"] >= 0.9
     assert sens_spec(y, s, np.nextafter(new.threshold, 1))["sensitivity"] < 0.9
     assert rep["at_new"]["sensitivity"] == sens_spec(y, s, new.threshold)["sensitivity"]
+    folder = tmp_path / "watch_results"  # `tbedge watch` writes one result file per input
+    folder.mkdir()
+    for i, r in enumerate(rows + rows[:3]):  # three films scored twice count once
+        (folder / f"{i:03d}.json").write_text(json.dumps(r))
+    again = set_local_threshold(folder, labels, None, None)
+    assert again["value"] == rep["value"] and again["repeated"] == 3
 
 
 def test_refuses_too_few_films_and_another_classifiers_results(screened, tmp_path):

@@ -56,6 +56,20 @@ def read_labels(path: str | Path) -> dict[str, bool]:
     return labels
 
 
+def result_records(results: str | Path):
+    """Result dicts from ``tbedge screen``'s JSONL, or from a folder of result files (``tbedge watch``
+    writes one JSON per input under RESULTS/results/)."""
+    p = Path(results)
+    if p.is_dir():
+        for f in sorted(p.glob("*.json")):
+            yield json.loads(f.read_text())
+        return
+    with open(p) as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
 def matched_scores(results: str | Path, labels: dict[str, bool], classifier_sha256: str) -> tuple[
         np.ndarray, np.ndarray, dict[str, int]]:
     """(is_tb, tb_probability) of the labelled films whose result the threshold decides, and counts
@@ -64,33 +78,29 @@ def matched_scores(results: str | Path, labels: dict[str, bool], classifier_sha2
     y, s = [], []
     counts = {"results": 0, "unlabelled": 0, "repeated": 0, "not_scored": 0, "always_referred": 0}
     seen: set[str] = set()
-    with open(results) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            counts["results"] += 1
-            key = r.get("sha256") if r.get("sha256") in labels else r.get("sop_instance_uid")
-            if key not in labels:
-                counts["unlabelled"] += 1
-                continue
-            if key in seen:  # the same film screened twice counts once
-                counts["repeated"] += 1
-                continue
-            if r.get("status") != STATUS_OK or r.get("tb_probability") is None:
-                counts["not_scored"] += 1
-                continue
-            used = (r.get("models") or {}).get("classifier", {}).get("sha256")
-            if used != classifier_sha256:
-                raise LocalThresholdError(f"{r.get('sha256', '')[:12]}… was scored by classifier {str(used)[:12]}…, "
-                                          f"not this bundle's {classifier_sha256[:12]}…: screen the films with "
-                                          "this bundle first")
-            if "lungs_implausible" in r.get("qa_flags", []):
-                counts["always_referred"] += 1
-                continue
-            seen.add(key)
-            y.append(labels[key])
-            s.append(float(r["tb_probability"]))
+    for r in result_records(results):
+        counts["results"] += 1
+        key = r.get("sha256") if r.get("sha256") in labels else r.get("sop_instance_uid")
+        if key not in labels:
+            counts["unlabelled"] += 1
+            continue
+        if key in seen:  # the same film screened twice counts once
+            counts["repeated"] += 1
+            continue
+        if r.get("status") != STATUS_OK or r.get("tb_probability") is None:
+            counts["not_scored"] += 1
+            continue
+        used = (r.get("models") or {}).get("classifier", {}).get("sha256")
+        if used != classifier_sha256:
+            raise LocalThresholdError(f"{str(r.get('sha256'))[:12]}… was scored by classifier {str(used)[:12]}…, "
+                                      f"not this bundle's {classifier_sha256[:12]}…: screen the films with "
+                                      "this bundle first")
+        if "lungs_implausible" in r.get("qa_flags", []):
+            counts["always_referred"] += 1
+            continue
+        seen.add(key)
+        y.append(labels[key])
+        s.append(float(r["tb_probability"]))
     return np.array(y, bool), np.array(s, float), counts
 
 

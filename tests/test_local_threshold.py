@@ -60,6 +60,9 @@ def test_relocks_the_threshold_on_local_films(screened, tmp_path):
     assert sens_spec(y, s, new.threshold)["sensitivity"] >= 0.9
     assert sens_spec(y, s, np.nextafter(new.threshold, 1))["sensitivity"] < 0.9
     assert rep["at_new"]["sensitivity"] == sens_spec(y, s, new.threshold)["sensitivity"]
+    twice = set_local_threshold(results, labels, tmp_path / "site", tmp_path / "site2", sensitivity=0.95)
+    kept = load_bundle(tmp_path / "site2").manifest["threshold"]["previous"]  # one level of history
+    assert kept["value"] == new.threshold and "previous" not in kept and twice["previous"]["value"] == new.threshold
     folder = tmp_path / "watch_results"  # `tbedge watch` writes one result file per input
     folder.mkdir()
     for i, r in enumerate(rows + rows[:3]):  # three films scored twice count once

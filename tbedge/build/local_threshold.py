@@ -135,12 +135,13 @@ def set_local_threshold(results: str | Path, labels_csv: str | Path, engine: str
     if n_pos < min_positives or n_neg < min_negatives:
         raise LocalThresholdError(f"{n_pos} TB and {n_neg} non-TB labelled films matched the results; at least "
                                   f"{min_positives} and {min_negatives} are needed to set an operating point")
-    old = dict(bundle.manifest["threshold"])
+    old = {k: v for k, v in bundle.manifest["threshold"].items() if k != "previous"}  # one level of history
     value = threshold_at_sensitivity(y, s, sensitivity)
     labels_sha = hashlib.sha256(Path(labels_csv).read_bytes()).hexdigest()
     report = {"value": value, "target_sensitivity": sensitivity, "n_tb": n_pos, "n_not_tb": n_neg, **counts,
               "labels_sha256": labels_sha, "at_new": sens_spec(y, s, value),
-              "at_previous": sens_spec(y, s, old["value"]), "previous": old}
+              "at_previous": sens_spec(y, s, old["value"]),
+              "previous": {"value": old["value"], "chosen_on": old.get("chosen_on")}}
     if report_dir is not None:
         report_dir = Path(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ def test_version_and_help():
     (["screen", "{tmp}", "--output", "{tmp}/r.jsonl", "--backend", "cuda"], "unknown backend"),
     (["segment", "{tmp}/missing.png", "--out", "{tmp}/seg"], "no such file"),
     (["screen"], "missing"),
+    (["set-threshold", "{tmp}/r.jsonl", "{tmp}/a.png", "--out", "{tmp}/site"], "label rows"),
     (["no-such-command"], "no such command"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, expect):

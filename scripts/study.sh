@@ -83,6 +83,7 @@ lane5)  # fourth round (CPU): 320 px crops, NIH-only augmentation, more Montgome
   ;;
 lane6)  # fifth round (CPU): a source adversary on normal films (NIH vs TB sites), rule in docs/selection-rules.md
   for s in 0 1 2 3 4 5 6; do mcls m_no_montgomery "adv_mc_s$s" 16 montgomery "$s" --nih-adversary 0.5; done  # 3-6: record
+  for s in 0 1 2; do mcls m_no_shenzhen "adv_sz_s$s" 16 shenzhen "$s" --nih-adversary 0.5; done  # record
   for s in 0 1 2; do mcls m_main "adv_main_s$s" 40 - "$s" --nih-adversary 0.5; done  # seeds 1, 2: for the record
   for s in 0 1 2; do mcls m_no_montgomery "adv25_mc_s$s" 16 montgomery "$s" --nih-adversary 0.25; done
   for s in 0 1; do mcls m_main "adv25_main_s$s" 40 - "$s" --nih-adversary 0.25; done

@@ -156,3 +156,28 @@ def test_int8_refuses_without_calibration_or_data(fp32_bundle, tmp_path):
     with pytest.raises(BuildError, match="calibration"):
         build_bundle(fp32_bundle, fp32_bundle, tmp_path / "x", "int8", "cpu")
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
+
+
+def test_add_plans_copies_once_and_replaces_old_plans(copy, tmp_path, monkeypatch):
+    """The plan step itself needs TensorRT; here a stand-in writes the plan files, and what is
+    checked is the bundle around them: one verified copy, plans recorded, stale plans dropped."""
+    from tbedge.build import bundle_writer as BW
+
+    def plans_for(stage, models, precision, opt_batch, max_batch, say):
+        out = {}
+        for role, e in models.items():
+            f = stage / f"{role}.plan"
+            f.write_bytes(f"plan of {role}".encode())
+            out[role] = {"file": f.name, "sha256": sha256_file(f), "onnx_sha256": e["sha256"],
+                         "precision": precision}
+        return out
+
+    monkeypatch.setattr(BW, "build_plans_for", plans_for)
+    (copy / "stale.plan").write_bytes(b"from another GPU")
+    rep = BW.add_plans(copy, out=tmp_path / "trt")
+    b = load_bundle(tmp_path / "trt")
+    assert b.manifest["target"] == "tensorrt" and b.has_plans() and rep["plans"] == b.manifest["plans"]
+    assert not (tmp_path / "trt" / "stale.plan").exists() and (copy / "stale.plan").exists()
+    assert not load_bundle(copy).has_plans()  # the source is left as it was
+    BW.add_plans(tmp_path / "trt")  # in place
+    assert load_bundle(tmp_path / "trt").has_plans() and rep["bundle"] == str(tmp_path / "trt")

@@ -32,18 +32,22 @@ def swap_in(stage: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def copy_bundle(src: Path, out: Path, edit: Callable[[dict], dict] | None = None) -> None:
-    """Copy the bundle ``src`` to ``out``; ``edit`` maps its manifest to the copy's. The copy is
-    verified (hashes, threshold owner) before it replaces ``out``."""
+def copy_bundle(src: Path, out: Path, edit: Callable[[dict, Path], dict] | None = None,
+                keep: Callable[[Path], bool] | None = None) -> None:
+    """Copy the bundle ``src`` to ``out`` (``out`` may be ``src``: replaced in one step). ``keep``
+    picks the files copied (default: all); ``edit(manifest, stage)`` returns the copy's manifest and
+    may add files to the staging folder. The copy is verified (hashes, threshold owner) before it
+    replaces ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.copy-", dir=out.parent))
     try:
         for p in src.iterdir():
-            if p.is_file():
+            if p.is_file() and (keep is None or keep(p)):
                 shutil.copyfile(p, stage / p.name)
         if edit is not None:
             manifest = json.loads((stage / "manifest.json").read_text())
-            write_manifest(stage, {k: v for k, v in edit(manifest).items() if k != "format_version"})
+            manifest.pop("format_version", None)  # write_manifest stamps the current one
+            write_manifest(stage, edit(manifest, stage))
         load_bundle(stage)
         swap_in(stage, out)
     except BaseException:

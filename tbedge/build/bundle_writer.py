@@ -387,26 +387,19 @@ def build_plans_for(stage: Path, models: dict, precision: str, opt_batch: int, m
 
 
 def add_plans(bundle: str | Path, opt_batch: int = 8, max_batch: int = 32,
-              progress: ProgressFn | None = None) -> dict:
-    """Build TensorRT plans for an existing (already gated) bundle in place, on the device."""
+              progress: ProgressFn | None = None, out: str | Path | None = None) -> dict:
+    """Build TensorRT plans for an existing (already gated) bundle, on the device: in place, or into a
+    copy at ``out``."""
     b = load_bundle(bundle)
-    stage = Path(tempfile.mkdtemp(prefix=f".{b.path.name}.plans-", dir=b.path.parent))
-    try:
-        for p in b.path.iterdir():
-            if p.is_file() and not p.name.endswith(".plan"):
-                shutil.copyfile(p, stage / p.name)
-        m = dict(b.manifest)
-        m.pop("format_version", None)
-        m["plans"] = build_plans_for(stage, m["models"], m["models"]["lungs"]["precision"], opt_batch,
-                                     max_batch, progress or (lambda _m: None))
-        m["target"] = "tensorrt"
-        write_manifest(stage, m)
-        load_bundle(stage)
-        swap_in(stage, b.path)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return {"bundle": str(b.path), "plans": m["plans"]}
+    out = Path(out) if out is not None else b.path
+
+    def with_plans(m: dict, stage: Path) -> dict:
+        plans = build_plans_for(stage, m["models"], m["models"]["lungs"]["precision"], opt_batch, max_batch,
+                                progress or (lambda _m: None))
+        return {**m, "plans": plans, "target": "tensorrt"}
+
+    copy_bundle(b.path, out, edit=with_plans, keep=lambda p: not p.name.endswith(".plan"))
+    return {"bundle": str(out), "plans": load_bundle(out).manifest["plans"]}
 
 
 def _resolve_threshold(threshold, cls_src: Source, cls_sha: str) -> dict:
@@ -501,9 +494,7 @@ def build_engine(model: Path | None, default: bool, precision: str, target: str,
         b: Bundle = load_bundle(model)
         same = b.entry("lungs")["precision"] == precision and precision != "fp32"
         if same and target == "tensorrt":  # already quantized and gated: only the plans are missing
-            if Path(out).resolve() != b.path.resolve():
-                copy_bundle(b.path, Path(out))
-            return add_plans(out, progress=progress)
+            return add_plans(b.path, progress=progress, out=out)
         lungs = cls = Path(model)
     elif Path(model).is_dir():
         lungs, cls = Path(model) / "lungs.keras", Path(model) / "classifier.keras"

@@ -12,14 +12,13 @@ report the new operating point's accuracy.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from ..edge.bundle import load_bundle
-from ..fsio import atomic_write_text
+from ..fsio import atomic_write_text, sha256_file
 from ..schema import STATUS_OK
 from ..train.metrics import TARGET_SENSITIVITY, sens_spec, threshold_at_sensitivity
 
@@ -137,7 +136,7 @@ def set_local_threshold(results: str | Path, labels_csv: str | Path, engine: str
                                   f"{min_positives} and {min_negatives} are needed to set an operating point")
     old = {k: v for k, v in bundle.manifest["threshold"].items() if k != "previous"}  # one level of history
     value = threshold_at_sensitivity(y, s, sensitivity)
-    labels_sha = hashlib.sha256(Path(labels_csv).read_bytes()).hexdigest()
+    labels_sha = sha256_file(Path(labels_csv))
     report = {"value": value, "target_sensitivity": sensitivity, "n_tb": n_pos, "n_not_tb": n_neg, **counts,
               "labels_sha256": labels_sha, "at_new": sens_spec(y, s, value),
               "at_previous": sens_spec(y, s, old["value"]),
@@ -150,6 +149,6 @@ def set_local_threshold(results: str | Path, labels_csv: str | Path, engine: str
     if out is not None:
         new = {**old, "value": value, "target_sensitivity": sensitivity, "previous": old,
                "chosen_on": f"local labelled films: {n_pos} TB, {n_neg} not TB (labels sha256 {labels_sha[:16]}…)"}
-        copy_bundle(bundle.path, Path(out), edit=lambda m: {**m, "threshold": new})
+        copy_bundle(bundle.path, Path(out), edit=lambda m, _stage: {**m, "threshold": new})
         report["bundle"] = str(out)
     return report

@@ -245,10 +245,13 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     info = describe(model)
     loss = [NotTbCrossentropy(label_smoothing) if nih_not_tb != "none"
             else keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None]
+    targets, weights = [ytrue, None], [wtr, None]  # per output: probabilities, cam[, source]
     if nih_adversary:
         src, wsrc = source_targets(crops.site[tr], ytr)
         model = with_source_adversary(model, nih_adversary)
         loss.append(keras.losses.BinaryCrossentropy(from_logits=True))
+        targets.append(src)
+        weights.append(wsrc)
     model.compile(keras.optimizers.AdamW(lr, weight_decay=weight_decay), loss=loss, run_eagerly=run_eagerly)
     steps = int(np.ceil(len(xtr) / batch))
     if max_steps_per_epoch:
@@ -276,10 +279,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                 img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
                 img[..., 0] = photometric(rng, img[..., 0], strength[k])  # the film varies, the mask not
                 bx[j] = prepare(img, prep)  # then masked / equalised exactly as at runtime
-            if nih_adversary:
-                yield bx, (ytrue[idx], None, src[idx]), (wtr[idx], None, wsrc[idx])
-            else:
-                yield bx, (ytrue[idx], None), (wtr[idx], None)
+            yield (bx, tuple(None if t is None else t[idx] for t in targets),
+                   tuple(None if w is None else w[idx] for w in weights))
 
     def evaluate(m):
         p = predict_probabilities(m, xse)
@@ -306,18 +307,14 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     (out / "config.json").write_text(json.dumps(config, indent=1))
     stopped = "epochs"
     try:
-        state = run_epochs(model, out, epochs, batches, steps, evaluate, "sel_auc", patience, log)
+        state = run_epochs(model, out, epochs, batches, steps, evaluate, "sel_auc", patience, log,
+                           best_of=without_source_adversary if nih_adversary else None)
         if state["epoch"] < epochs - 1:
             stopped = "early_stopping"
     except _BudgetSpent:
         state, stopped = json.loads(state_path.read_text()), "budget"
         log(f"budget of {budget_minutes} min reached after epoch {state['epoch'] + 1}")
     state["stopped"] = stopped
-    if nih_adversary and (out / "best.keras").exists():  # ship the classifier alone; last.keras keeps
-        from .loop import _save_model  # the adversary for a resume
-        from .predict import load_keras
-
-        _save_model(without_source_adversary(load_keras(out / "best.keras")), out / "best.keras")
     if state["history"]:
         plot_curves(state["history"], out / "curves.png",
                     f"{arch}@{size} fold={fold or 'internal'} seed={seed} "

@@ -24,6 +24,7 @@ BN_MOMENTUM = 0.9  # the Keras default 0.99 lagged the weights and collapsed val
 ARCHS = ("alexnet", "googlenet", "inception_resnet_v2", "edge_irn", "resnet_s", "resnet_s14")
 DEFAULT_ARCH = "resnet_s"
 DEFAULT_SIZE = 224
+LUNG_EPS = 1e-3  # keeps a lung-weighted mean finite on a crop without lung cells
 
 
 @keras.saving.register_keras_serializable(package="tbedge")
@@ -51,7 +52,7 @@ class CamHead(layers.Layer):
         # Lung-weighted average instead of the plain mean: only lung positions vote, and the CAM is
         # scaled so that its plain spatial mean + bias is still exactly the TB logit.
         w = lung[..., 0]  # (B, h, w) lung fraction of each feature cell
-        denom = ops.sum(w, axis=(1, 2)) + 1e-3
+        denom = ops.sum(w, axis=(1, 2)) + LUNG_EPS
         logits = ops.sum(scores * w[..., None], axis=(1, 2)) / denom[:, None] + self.bias
         cells = float(f.shape[1] * f.shape[2])
         return logits, scores[..., self.cam_class] * w * (cells / denom)[:, None, None]
@@ -116,7 +117,7 @@ class LungPool(layers.Layer):
     def call(self, f, lung=None):
         if lung is None:
             return ops.mean(f, axis=(1, 2))
-        return ops.sum(f * lung, axis=(1, 2)) / (ops.sum(lung, axis=(1, 2)) + 1e-3)
+        return ops.sum(f * lung, axis=(1, 2)) / (ops.sum(lung, axis=(1, 2)) + LUNG_EPS)
 
     def compute_output_shape(self, f_shape, lung_shape=None):
         return (f_shape[0], f_shape[-1])
@@ -132,7 +133,8 @@ def with_source_adversary(model: keras.Model, strength: float, width: int = 64) 
     :func:`without_source_adversary`."""
     feats = model.get_layer("head_dropout").input
     lung = model.get_layer("lung_cells").output if any(lay.name == "lung_cells" for lay in model.layers) else None
-    x = LungPool(name="source_pool")(feats, lung) if lung is not None else LungPool(name="source_pool")(feats)
+    pool = LungPool(name="source_pool")
+    x = pool(feats) if lung is None else pool(feats, lung)
     x = GradientReversal(strength, name="source_reversal")(x)
     x = layers.Dense(width, activation="relu", name="source_hidden")(x)
     src = layers.Dense(1, name=SOURCE_OUTPUT, dtype="float32")(x)

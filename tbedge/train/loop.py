@@ -21,12 +21,15 @@ def _save_model(model, path: Path) -> None:
 
 def run_epochs(model, out: Path, epochs: int, batches: Callable[[int], Iterator[tuple]],
                steps: int, evaluate: Callable[[object], dict], monitor: str, patience: int = 0,
-               log: Callable[[str], None] = print, custom_objects: dict | None = None) -> dict:
+               log: Callable[[str], None] = print, custom_objects: dict | None = None,
+               best_of: Callable[[object], object] | None = None) -> dict:
     """Train ``model`` for up to ``epochs``, resuming from ``out/last.keras`` when present.
 
     ``batches(epoch)`` yields (x, y[, sample_weight]) for one epoch (seeded by epoch, so resume
     is reproducible); ``evaluate(model)`` returns metrics; the best ``monitor`` value (higher is
-    better) is kept as ``best.keras``. Early stopping after ``patience`` epochs without progress.
+    better) is kept as ``best.keras`` (``best_of(model)`` when given: e.g. without training-only
+    heads; ``last.keras`` always holds the whole model, for a resume). Early stopping after
+    ``patience`` epochs without progress.
     """
     import keras
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -58,7 +61,7 @@ def run_epochs(model, out: Path, epochs: int, batches: Callable[[int], Iterator[
             prog.update(task, info=" ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
             if row[monitor] > state["best"]:
                 state["best"], state["best_epoch"] = row[monitor], epoch
-                _save_model(model, best)
+                _save_model(best_of(model) if best_of else model, best)
             _save_model(model, last)
             state["epoch"] = epoch
             atomic_write_text(state_path, json.dumps(state, indent=1))

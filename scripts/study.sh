@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6   (lane1 and lane2 side by side; then lane3 … lane6)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7   (lane1 and lane2 side by side; then lane3 … lane7)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,5 +88,20 @@ lane6)  # fifth round (CPU): a source adversary on normal films (NIH vs TB sites
   for s in 0 1 2; do mcls m_no_montgomery "adv25_mc_s$s" 16 montgomery "$s" --nih-adversary 0.25; done
   for s in 0 1; do mcls m_main "adv25_main_s$s" 40 - "$s" --nih-adversary 0.25; done
   ;;
-*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6" >&2; exit 2 ;;
+lane7)  # sixth round: fresh seeds 50-55 (trained on an H100 with KERAS_BACKEND=jax), 2-model ensembles, AdaBN
+  ev() { tbedge evaluate classifier "$R/cls/$1/best.keras" --data "$R/crops/$2_224.npz" ${4:+--fold $4} --part "$3" --out "$R/cls/$1/eval_$3"; }
+  for s in 50 51 52 53 54 55; do
+    mcls m_main "i_main_s$s" 40 - "$s"; ev "i_main_s$s" m_main val
+    mcls m_no_montgomery "f_mc_s$s" 16 montgomery "$s"; ev "f_mc_s$s" m_no_montgomery site_val montgomery
+    mcls m_no_shenzhen "f_sz_s$s" 16 shenzhen "$s"; ev "f_sz_s$s" m_no_shenzhen site_val shenzhen
+  done
+  for s in 50 52; do mcls m_no_montgomery "a_mc_s$s" 16 montgomery "$s" --nih-adversary 0.5; done  # record
+  for s in 50 54; do mcls m_no_shenzhen "a_sz_s$s" 16 shenzhen "$s" --nih-adversary 0.5; done  # record
+  for g in "i_main val" "f_mc site_val" "f_sz site_val"; do
+    python scripts/pair_ensembles.py $(for p in "50 51" "52 53" "54 55"; do set -- $p; echo "$R/cls/${g% *}_s$1/eval_${g#* }/predictions.csv,$R/cls/${g% *}_s$2/eval_${g#* }/predictions.csv"; done)
+  done
+  python scripts/adabn_probe.py "$R/crops/m_no_montgomery_224.npz" montgomery site_val $R/cls/{m4_mc_mask_nih03_s0,f_mc_s1,f_mc_s2}/best.keras  # + the GPU seeds 3-6
+  python scripts/adabn_probe.py "$R/crops/m_no_shenzhen_224.npz" shenzhen site_val $R/cls/f_sz_s{0,1,2}/best.keras
+  ;;
+*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7" >&2; exit 2 ;;
 esac

@@ -41,6 +41,7 @@ from pathlib import Path
 from .. import schema
 from ..fsio import atomic_write_bytes, fsync_dir, sha256_file
 from .journal import FINISHING_STATES, QUEUED_STATES, Journal
+from .refer_rate import STATE_FILE, ReferRateCheck, counted
 
 log = logging.getLogger("tbedge.watch")
 
@@ -191,6 +192,10 @@ class WatchConfig:
     dicom_out: bool = True
     use_events: bool = True
     pause_retry_seconds: float = 10.0  # while paused for space: how often to check again
+    refer_window: int = 200  # referral-rate check over this many films (0 = off); refer_rate.py says why
+    refer_min_films: int = 50
+    refer_low: float = 0.05
+    refer_high: float = 0.95
 
     def __post_init__(self):
         self.incoming = Path(self.incoming)
@@ -199,6 +204,8 @@ class WatchConfig:
         self.archive_dir = Path(self.archive_dir) if self.archive_dir else None
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if self.refer_window > 0:  # fail at start, not at the first film
+            ReferRateCheck(self.refer_window, self.refer_min_films, self.refer_low, self.refer_high)
 
 
 @dataclass
@@ -244,6 +251,7 @@ class Watcher:
         self.index: ResultsIndex | None = None
         self._last_retention = 0.0
         self._lock_fd: int | None = None
+        self.refer: ReferRateCheck | None = None
 
     # -- setup ------------------------------------------------------------------------------------------
     def _acquire_lock(self) -> None:
@@ -266,6 +274,33 @@ class Watcher:
         self._remove_stale_temps()
         self.journal = Journal(self.cfg.out / "journal.sqlite")
         self.index = ResultsIndex(self.cfg.out)
+        self._open_refer_check()
+
+    def _open_refer_check(self) -> None:
+        if self.cfg.refer_window <= 0:
+            return
+        path = self.cfg.out / STATE_FILE
+        try:
+            saved = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            saved = None  # unreadable: start a new window
+        self.refer = ReferRateCheck.resume(saved, window=self.cfg.refer_window, min_films=self.cfg.refer_min_films,
+                                           low=self.cfg.refer_low, high=self.cfg.refer_high)
+        if self.refer.state in ("low", "high"):
+            log.warning("operating point: %s", self.refer.message())
+
+    def _check_refer_rate(self, result: dict) -> None:
+        if self.refer is None or not counted(result):
+            return
+        changed = self.refer.add(result)
+        try:
+            atomic_write_bytes(self.cfg.out / STATE_FILE, (json.dumps(self.refer.to_dict(), indent=1) + "\n").encode())
+        except OSError as e:  # the check must never stop scoring
+            log.warning("operating point: state file not written (%s)", type(e).__name__)
+        if changed in ("low", "high"):
+            log.warning("operating point: %s", self.refer.message())
+        elif changed == "ok":
+            log.info("operating point: %s", self.refer.message())
 
     def _remove_stale_temps(self) -> None:
         """Temp files of atomic writes cut short by a crash (we hold the lock: nobody else writes here)."""
@@ -494,6 +529,7 @@ class Watcher:
             "sop_instance_uid": r["sop_instance_uid"], "result": f"results/{row['result_name']}",
             "moved_to": moved_to})
         self.journal.advance(row["id"], "done")
+        self._check_refer_rate(r)
         self.stats.finished += 1
         self.stats.status[r["status"]] = self.stats.status.get(r["status"], 0) + 1
         if r["status"] == schema.STATUS_OK:
@@ -694,7 +730,8 @@ def watch(incoming: str | Path, out: str | Path, engine: str | Path | None = Non
           rescan_seconds: float = 30.0, retention_days: int | None = 30, min_free_mb: float = 500.0,
           max_attempts: int = 3, archive_dir: str | Path | None = None,
           processed_dir: str | Path | None = None, dicom_out: bool = True,
-          install_signal_handlers: bool = True) -> int:
+          install_signal_handlers: bool = True, refer_window: int = 200, refer_min_films: int = 50,
+          refer_range: tuple[float, float] = (0.05, 0.95)) -> int:
     """Run the folder service until SIGTERM/SIGINT (or, with ``once``, until INCOMING is empty).
 
     Returns the exit code (0 after a clean stop). SIGTERM and SIGINT finish the current batch first.
@@ -703,7 +740,8 @@ def watch(incoming: str | Path, out: str | Path, engine: str | Path | None = Non
                       backend=backend, batch=batch, threads=threads, once=once, stable_seconds=stable_seconds,
                       rescan_seconds=rescan_seconds, retention_days=retention_days, archive_dir=archive_dir,
                       processed_dir=processed_dir, min_free_mb=min_free_mb, max_attempts=max_attempts,
-                      dicom_out=dicom_out)
+                      dicom_out=dicom_out, refer_window=refer_window, refer_min_films=refer_min_films,
+                      refer_low=refer_range[0], refer_high=refer_range[1])
     handlers = _setup_logging(cfg.out)
     w = Watcher(cfg)
     old = {}
@@ -744,13 +782,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-free-mb", type=float, default=500.0)
     ap.add_argument("--max-attempts", type=int, default=3)
     ap.add_argument("--no-dicom-out", action="store_true")
+    ap.add_argument("--refer-window", type=int, default=200)
+    ap.add_argument("--refer-min-films", type=int, default=50)
+    ap.add_argument("--refer-range", type=float, nargs=2, default=(0.05, 0.95))
     a = ap.parse_args(argv)
     stderr = logging.StreamHandler()
     stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("tbedge").addHandler(stderr)
     return watch(a.incoming, a.out, a.engine, a.backend, a.batch, a.threads, a.once, a.stable_seconds,
                  a.rescan_seconds, a.retention_days, a.min_free_mb, a.max_attempts, a.archive_dir,
-                 a.processed_dir, not a.no_dicom_out)
+                 a.processed_dir, not a.no_dicom_out, refer_window=a.refer_window,
+                 refer_min_films=a.refer_min_films, refer_range=tuple(a.refer_range))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,8 @@ lane7)  # sixth round: fresh seeds 50-55 (trained on an H100 with KERAS_BACKEND=
   done
   python scripts/adabn_probe.py "$R/crops/m_no_montgomery_224.npz" montgomery site_val $R/cls/{m4_mc_mask_nih03_s0,f_mc_s1,f_mc_s2}/best.keras  # + the GPU seeds 3-6
   python scripts/adabn_probe.py "$R/crops/m_no_shenzhen_224.npz" shenzhen site_val $R/cls/f_sz_s{0,1,2}/best.keras
+  (cd scripts && python split_noise.py "../$R/crops/m_no_montgomery_224.npz" montgomery \
+    --recipe ../$R/cls/{m4_mc_mask_nih03_s0,f_mc_s1,f_mc_s2}/best.keras --lever ../$R/cls/adv_mc_s{0,1,2}/best.keras)  # + seeds 3-6
   ;;
 *) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7" >&2; exit 2 ;;
 esac

@@ -99,6 +99,8 @@ def screen(
     print(f"{s.total} inputs -> {output}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
           + ("; triage " + ", ".join(f"{k} {v}" for k, v in sorted(s.triage.items())) if s.triage else "")
           + ("; reasons " + ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items())) if s.reasons else ""))
+    if s.refer.state in ("low", "high"):
+        print(f"warning, operating point: {s.refer.message()}", file=sys.stderr)
 
 
 @app.command()

@@ -108,3 +108,16 @@ def test_watch_warns_when_the_threshold_cannot_fit(data_root, tmp_path, value, s
             refer_window=20, refer_min_films=5)
     saved = json.loads((out / STATE_FILE).read_text())
     assert saved["threshold"] != value and saved["films"] == 1 and saved["state"] == "warming_up"
+
+
+def test_screen_reports_the_referral_rate(data_root, tmp_path):
+    from tbedge.edge.screen import screen
+
+    films = real_images(data_root, 6, seed=3)
+    low = screen(films, tmp_path / "a.jsonl", _with_threshold(tmp_path / "b1", 0.999999), backend="onnxruntime",
+                 threads=1, refer_min_films=5)
+    assert low.refer.state == "low" and low.refer.rate == 0.0 and len(low.refer.recent) >= 5
+    lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len(low.refer.recent) == sum(counted(r) for r in lines)
+    ok = screen(films, tmp_path / "c.jsonl", default_bundle_path(), backend="onnxruntime", threads=1)
+    assert ok.refer.state == "warming_up"  # 6 films < the default 50

@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import schema
 from .outputs import JsonlWriter, native_mask, relative_name, render_overlay, write_png
 from .pipeline import Pipeline
+from .refer_rate import ReferRateCheck
 
 log = logging.getLogger("tbedge.screen")
 SKIP_PREFIXES = (".", "~")
@@ -52,6 +53,7 @@ class ScreenSummary:
     status: Counter = field(default_factory=Counter)
     triage: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
+    refer: ReferRateCheck | None = None  # the referral rate over all films the threshold decided
 
 
 def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None, dicom_out: Path | None) -> None:
@@ -70,11 +72,12 @@ def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None, dicom_
 
 def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, backend: str = "auto",
            batch: int = 0, threads: int = 0, overlays: Path | None = None, masks: Path | None = None,
-           dicom_out: Path | None = None, progress=None) -> ScreenSummary:
+           dicom_out: Path | None = None, progress=None, refer_min_films: int = 50) -> ScreenSummary:
     files, roots = expand_inputs(inputs)
     if not files:
         raise FileNotFoundError("no input files found")
-    summary = ScreenSummary(total=len(files))
+    summary = ScreenSummary(total=len(files), refer=ReferRateCheck(window=max(len(files), refer_min_films),
+                                                                   min_films=refer_min_films))
     with Pipeline(engine, backend=backend, batch=batch, threads=threads) as pipe, JsonlWriter(output) as out:
         for s in pipe.run(files):
             try:
@@ -87,6 +90,7 @@ def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, b
                 summary.triage[s.result.triage] += 1
             if s.result.reason:
                 summary.reasons[s.result.reason] += 1
+            summary.refer.add(s.result.to_dict())
             if progress:
                 progress(s)
     return summary

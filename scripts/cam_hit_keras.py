@@ -1,0 +1,42 @@
+"""The heat-map check for a Keras classifier on a crop cache: is the centre of the hottest CAM cell of each
+TB film (with a ground-truth lung mask) inside those lungs? The same reading as `tbedge evaluate cam`, without
+building a bundle, so many seeds can be checked. Usage:
+  python scripts/cam_hit_keras.py RUN/best.keras runs/crops/m_main_224.npz val|test [DATA]
+(RUN/config.json gives the crop prep.)"""
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tbedge.datasets import discover, read_mask
+from tbedge.train.cam_check import hottest_point
+from tbedge.train.classifier import crop_arrays
+from tbedge.train.crops import load_crops
+from tbedge.train.predict import load_keras
+
+
+def main(model_path, npz, part, data="../shared/data"):
+    prep = json.loads((Path(model_path).parent / "config.json").read_text()).get("prep", "box")
+    c = load_crops(npz)
+    native = np.load(npz)["native_shape"]
+    masks = {str(s.path): s.mask for s in discover(data)}
+    idx = [i for i in c.parts()[part] if c.label[i] == "tb" and masks.get(c.path[i]) is not None]
+    x = crop_arrays(c, np.array(idx), c.size, prep).astype(np.float32) / 255
+    _, cam = load_keras(model_path).predict(x, verbose=0)
+    hits, chance = [], []
+    for j, i in enumerate(idx):
+        h, w = native[i]
+        gt = cv2.resize(read_mask(masks[c.path[i]]).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        y, xx = hottest_point(cam[j], tuple(int(v) for v in c.box[i]))
+        hits.append(bool(gt[y, xx]))
+        chance.append(float(gt.mean()))
+    print(f"{model_path} {part} n {len(hits)} hottest cell centre in lungs {np.mean(hits):.3f} "
+          f"(uniform random point {np.mean(chance):.3f})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    main(*sys.argv[1:])

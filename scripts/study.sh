@@ -104,6 +104,12 @@ lane7)  # sixth round: fresh seeds 50-55 (trained on an H100 with KERAS_BACKEND=
   python scripts/adabn_probe.py "$R/crops/m_no_shenzhen_224.npz" shenzhen site_val $R/cls/f_sz_s{0,1,2}/best.keras
   (cd scripts && python split_noise.py "../$R/crops/m_no_montgomery_224.npz" montgomery \
     --recipe ../$R/cls/{m4_mc_mask_nih03_s0,f_mc_s1,f_mc_s2}/best.keras --lever ../$R/cls/adv_mc_s{0,1,2}/best.keras)  # + seeds 3-6
+  # The lung-core head (adopted): seed 5's weights, cells pooled by (lung fraction)^2, then the shipped bundles.
+  python scripts/lung_power.py "$R/cls/g_main_s5" "$R/ship6/cls_p2" 2
+  for r in m4_mc_mask_nih03_s0:f_mc_s0 f_mc_s1:f_mc_s1 f_mc_s2:f_mc_s2 f_sz_s0:f_sz_s0 f_sz_s1:f_sz_s1 f_sz_s2:f_sz_s2; do
+    python scripts/lung_power.py "$R/cls/${r%%:*}" "$R/ship6/${r##*:}_p2" 2
+  done
+  CROPS="$R/crops/m_" scripts/ship.sh "$R/ship6/cls_p2" "$R"/ship6/f_{mc,sz}_s{0,1,2}_p2
   ;;
 *) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7" >&2; exit 2 ;;
 esac

@@ -67,6 +67,33 @@ def test_lung_weighted_head_is_exact_and_ignores_cells_outside_the_lungs(cm):
     assert np.all(cam[1] != 0) and np.all(cam[2, :, 0] == 0)
 
 
+def test_lung_power_reweights_border_cells_and_keeps_the_cam_exact(cm, tmp_path):
+    """``with_lung_power``: same weights, cells vote by (lung fraction) ** p; exact CAM; saved and loaded."""
+    import keras
+
+    m = cm.build_classifier(cm.DEFAULT_ARCH, 64, lung_channel=True)
+    m.get_layer("cam_head").bias.assign(np.array([0.3, -0.7, 0.2], np.float32))
+    x = np.random.default_rng(4).random((3, 64, 64, 2), dtype=np.float32)
+    x[..., 1] = 0
+    x[0, :, 0:32, 1] = 1  # whole cells only: fractions 0 or 1, so the power changes nothing
+    x[1, :, 16:64, 1] = 1  # the left column of cells is half lung
+    x[2, ..., 1] = 1
+    p1, c1 = _cam_check(m, x)
+    m2 = cm.with_lung_power(m, 2)
+    p2, c2 = _cam_check(m2, x)
+    assert m2.get_layer("cam_head").lung_power == 2.0 and m.get_layer("cam_head").lung_power == 1.0
+    np.testing.assert_allclose(p2[[0, 2]], p1[[0, 2]], atol=1e-6)
+    assert not np.allclose(p2[1], p1[1], atol=1e-6)
+    # Half-lung cells weigh 0.25 against 1 (not 0.5): their share of the CAM falls accordingly.
+    share = lambda c: np.abs(c[1, :, 0]).sum() / np.abs(c[1]).sum()  # noqa: E731
+    assert share(c2) < share(c1)
+    np.testing.assert_allclose(cm.with_lung_power(m, 1).predict(x, verbose=0)[0], p1, atol=1e-6)
+    m2.save(tmp_path / "p2.keras")
+    back = keras.models.load_model(tmp_path / "p2.keras", compile=False)
+    assert back.get_layer("cam_head").lung_power == 2.0
+    np.testing.assert_allclose(back.predict(x, verbose=0)[0], p2, atol=1e-6)
+
+
 def test_ensemble_averages_logits_and_keeps_the_cam_exact(cm, tmp_path):
     import keras
 

@@ -34,10 +34,14 @@ class CamHead(layers.Layer):
     Returns (logits (B, n), cam (B, h, w)); cam is the ``cam_class`` score map without bias.
     """
 
-    def __init__(self, n_classes: int = len(CLASS_NAMES), cam_class: int = TB_INDEX, **kwargs):
+    def __init__(self, n_classes: int = len(CLASS_NAMES), cam_class: int = TB_INDEX, lung_power: float = 1.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.n_classes = n_classes
         self.cam_class = cam_class
+        # Cells vote with weight (lung fraction) ** lung_power: above 1, cells that are mostly lung
+        # outweigh border cells, whose centres often lie on the chest wall.
+        self.lung_power = lung_power
 
     def build(self, input_shape):
         c = input_shape[-1]
@@ -52,6 +56,8 @@ class CamHead(layers.Layer):
         # Lung-weighted average instead of the plain mean: only lung positions vote, and the CAM is
         # scaled so that its plain spatial mean + bias is still exactly the TB logit.
         w = lung[..., 0]  # (B, h, w) lung fraction of each feature cell
+        if self.lung_power != 1.0:
+            w = ops.power(w, self.lung_power)
         denom = ops.sum(w, axis=(1, 2)) + LUNG_EPS
         logits = ops.sum(scores * w[..., None], axis=(1, 2)) / denom[:, None] + self.bias
         cells = float(f.shape[1] * f.shape[2])
@@ -61,7 +67,8 @@ class CamHead(layers.Layer):
         return (f_shape[0], self.n_classes), tuple(f_shape[:3])
 
     def get_config(self):
-        return {**super().get_config(), "n_classes": self.n_classes, "cam_class": self.cam_class}
+        return {**super().get_config(), "n_classes": self.n_classes, "cam_class": self.cam_class,
+                "lung_power": self.lung_power}
 
 
 @keras.saving.register_keras_serializable(package="tbedge")
@@ -354,6 +361,18 @@ def ensemble(members: list[keras.Model], name: str = "tbedge_ensemble") -> keras
         layers.Average(name="ensemble_logits")(logits))
     cam = layers.Identity(name="cam", dtype="float32")(layers.Average(name="ensemble_cam")(cams))
     return keras.Model(inp, [probs, cam], name=name)
+
+
+def with_lung_power(model: keras.Model, power: float) -> keras.Model:
+    """The same trained model whose CAM head pools over cells with weight (lung fraction) ** power."""
+    cfg = model.get_config()
+    heads = [lyr for lyr in cfg["layers"] if lyr["class_name"].endswith("CamHead")]
+    if len(heads) != 1:
+        raise ValueError(f"expected one CAM head, found {len(heads)}")
+    heads[0]["config"]["lung_power"] = float(power)
+    out = keras.Model.from_config(cfg)
+    out.set_weights(model.get_weights())
+    return out
 
 
 # -- cost accounting ------------------------------------------------------------------------

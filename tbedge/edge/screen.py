@@ -53,7 +53,7 @@ class ScreenSummary:
     status: Counter = field(default_factory=Counter)
     triage: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
-    refer: ReferRateCheck | None = None  # the referral rate over all films the threshold decided
+    refer: ReferRateCheck = field(default_factory=ReferRateCheck)  # over the films the threshold decided
 
 
 def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None, dicom_out: Path | None) -> None:

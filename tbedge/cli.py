@@ -317,6 +317,8 @@ def train_classifier(
                                            help="Photometric strength for NIH films (default: --aug-strength)."),
     nih_adversary: float = typer.Option(0.0, "--nih-adversary", help="Strength of a training-only adversary that "
                                         "makes normal films' features hide NIH vs TB site (0 = off)."),
+    lung_power: float = typer.Option(1.0, "--lung-power", help="Masked preps: head cells vote with (lung "
+                                     "fraction) ** P (the shipped head uses 2; scripts/lung_power.py)."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -327,7 +329,8 @@ def train_classifier(
     state = run(data, arch, out, seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold,
                 patience=patience, prep=prep, size=size, aug_strength=aug_strength,
                 nih_weight=nih_weight, nih_normal_weight=nih_normal_weight,
-                nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength, nih_adversary=nih_adversary)
+                nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength, nih_adversary=nih_adversary,
+                lung_power=lung_power)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

@@ -92,6 +92,8 @@ def test_lung_power_reweights_border_cells_and_keeps_the_cam_exact(cm, tmp_path)
     back = keras.models.load_model(tmp_path / "p2.keras", compile=False)
     assert back.get_layer("cam_head").lung_power == 2.0
     np.testing.assert_allclose(back.predict(x, verbose=0)[0], p2, atol=1e-6)
+    built = cm.build_classifier(cm.DEFAULT_ARCH, 64, lung_channel=True, lung_power=2)
+    assert built.get_layer("cam_head").lung_power == 2  # trained with the head it ships with
 
 
 def test_ensemble_averages_logits_and_keeps_the_cam_exact(cm, tmp_path):

@@ -188,7 +188,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
                      prep: str = "box", nih_weight: float = 1.0, nih_normal_weight: float | None = None,
                      nih_not_tb: str = "none", nih_aug_strength: float | None = None,
-                     nih_adversary: float = 0.0, log: Callable[[str], None] = print) -> dict:
+                     nih_adversary: float = 0.0, lung_power: float = 1.0,
+                     log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -241,7 +242,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     log(f"classifier {arch}@{size}: train {len(tr)} {np.bincount(ytr, minlength=3).tolist()}, "
         f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
 
-    model = build_classifier(arch, size, lung_channel=L.input_channels(prep) == 2)
+    model = build_classifier(arch, size, lung_channel=L.input_channels(prep) == 2, lung_power=lung_power)
     info = describe(model)
     loss = [NotTbCrossentropy(label_smoothing) if nih_not_tb != "none"
             else keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None]
@@ -302,6 +303,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
               "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
               "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength, "nih_adversary": nih_adversary,
+              "lung_power": lung_power,
               "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
               "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))

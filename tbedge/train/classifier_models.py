@@ -196,14 +196,14 @@ def _normalised_input(size: int, lung_channel: bool = False):
     return inp, x, lung
 
 
-def _with_head(inp, features, name: str, dropout: float = 0.2, lung=None):
+def _with_head(inp, features, name: str, dropout: float = 0.2, lung=None, lung_power: float = 1.0):
     x = layers.Dropout(dropout, name="head_dropout")(features) if dropout else features
     if lung is not None:
         pool = int(inp.shape[1]) // int(features.shape[1])
         if pool * int(features.shape[1]) != int(inp.shape[1]) or features.shape[1] != features.shape[2]:
             raise ValueError(f"lung weights need a feature grid that divides the input ({features.shape})")
         lung = layers.AveragePooling2D(pool, name="lung_cells")(lung)
-        logits, cam = CamHead(name="cam_head")(x, lung)
+        logits, cam = CamHead(lung_power=lung_power, name="cam_head")(x, lung)
     else:
         logits, cam = CamHead(name="cam_head")(x)
     probs = layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
@@ -329,9 +329,10 @@ def _resnet_s14(x):
 
 
 def build_classifier(arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, dropout: float = 0.2,
-                     lung_channel: bool = False) -> keras.Model:
+                     lung_channel: bool = False, lung_power: float = 1.0) -> keras.Model:
     """Build an untrained classifier ``arch`` (one of ARCHS) for S x S lung crops; with
-    ``lung_channel`` it also takes the lung weights and pools only over the lungs."""
+    ``lung_channel`` it also takes the lung weights and pools only over the lungs, each cell
+    weighted by (lung fraction) ** ``lung_power``."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
     if arch == "inception_resnet_v2" and size < 75:
@@ -343,7 +344,7 @@ def build_classifier(arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, dropout
         body = {"alexnet": _alexnet, "googlenet": _googlenet, "edge_irn": _edge_irn, "resnet_s": _resnet_s,
                 "resnet_s14": _resnet_s14}
         feats = body[arch](x)
-    return _with_head(inp, feats, f"tbedge_{arch}", dropout, lung)
+    return _with_head(inp, feats, f"tbedge_{arch}", dropout, lung, lung_power)
 
 
 def ensemble(members: list[keras.Model], name: str = "tbedge_ensemble") -> keras.Model:

@@ -27,6 +27,16 @@ DEFAULT_SIZE = 224
 LUNG_EPS = 1e-3  # keeps a lung-weighted mean finite on a crop without lung cells
 
 
+def cell_weights(lung, power: float = 1.0):
+    """Lung fractions of the feature cells (B, h, w, 1) -> each cell's vote (B, h, w) =
+    fraction ** ``power``, and their sum (B,) + LUNG_EPS: the one weighting every lung-pooled
+    reading of the features uses (the CAM head, the source adversary)."""
+    w = lung[..., 0]
+    if power != 1.0:
+        w = ops.power(w, power)
+    return w, ops.sum(w, axis=(1, 2)) + LUNG_EPS
+
+
 @keras.saving.register_keras_serializable(package="tbedge")
 class CamHead(layers.Layer):
     """Linear classifier applied at every position of F, then averaged (= GAP + dense).
@@ -55,10 +65,7 @@ class CamHead(layers.Layer):
             return logits, scores[..., self.cam_class]
         # Lung-weighted average instead of the plain mean: only lung positions vote, and the CAM is
         # scaled so that its plain spatial mean + bias is still exactly the TB logit.
-        w = lung[..., 0]  # (B, h, w) lung fraction of each feature cell
-        if self.lung_power != 1.0:
-            w = ops.power(w, self.lung_power)
-        denom = ops.sum(w, axis=(1, 2)) + LUNG_EPS
+        w, denom = cell_weights(lung, self.lung_power)
         logits = ops.sum(scores * w[..., None], axis=(1, 2)) / denom[:, None] + self.bias
         cells = float(f.shape[1] * f.shape[2])
         return logits, scores[..., self.cam_class] * w * (cells / denom)[:, None, None]
@@ -118,16 +125,25 @@ class GradientReversal(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tbedge")
 class LungPool(layers.Layer):
-    """Lung-weighted spatial mean of F (B, h, w, c) -> (B, c): what the lung-pooled head's logits are
-    linear in. Without lung weights, the plain mean."""
+    """Lung-weighted spatial mean of F (B, h, w, c) -> (B, c), cells weighted as by the CAM head
+    (``cell_weights``): what the lung-pooled head's logits are linear in. Without lung weights, the
+    plain mean."""
+
+    def __init__(self, lung_power: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.lung_power = lung_power
 
     def call(self, f, lung=None):
         if lung is None:
             return ops.mean(f, axis=(1, 2))
-        return ops.sum(f * lung, axis=(1, 2)) / (ops.sum(lung, axis=(1, 2)) + LUNG_EPS)
+        w, denom = cell_weights(lung, self.lung_power)
+        return ops.sum(f * w[..., None], axis=(1, 2)) / denom[:, None]
 
     def compute_output_shape(self, f_shape, lung_shape=None):
         return (f_shape[0], f_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "lung_power": self.lung_power}
 
 
 SOURCE_OUTPUT = "source"
@@ -140,7 +156,7 @@ def with_source_adversary(model: keras.Model, strength: float, width: int = 64) 
     :func:`without_source_adversary`."""
     feats = model.get_layer("head_dropout").input
     lung = model.get_layer("lung_cells").output if any(lay.name == "lung_cells" for lay in model.layers) else None
-    pool = LungPool(name="source_pool")
+    pool = LungPool(model.get_layer("cam_head").lung_power, name="source_pool")
     x = pool(feats) if lung is None else pool(feats, lung)
     x = GradientReversal(strength, name="source_reversal")(x)
     x = layers.Dense(width, activation="relu", name="source_hidden")(x)

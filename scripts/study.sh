@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7   (lane1 and lane2 side by side; then lane3 … lane7)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -111,5 +111,13 @@ lane7)  # sixth round: fresh seeds 50-55 (trained on an H100 with KERAS_BACKEND=
   done
   CROPS="$R/crops/m_" scripts/ship.sh "$R/ship6/cls_p2" "$R"/ship6/f_{mc,sz}_s{0,1,2}_p2
   ;;
-*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7" >&2; exit 2 ;;
+lane8a)  # seventh round: weight averaging (SWA) paired with the plain recipe in each run; lane8a and lane8b side by side
+  for s in 80 81; do mcls m_main "w_main_s$s" 40 - "$s" --average-from 0.25; done
+  mcls m_no_shenzhen w_sz_s80 16 shenzhen 80 --average-from 0.25
+  ;;
+lane8b)
+  for s in 80 81 82; do mcls m_no_montgomery "w_mc_s$s" 16 montgomery "$s" --average-from 0.25; done
+  for s in 81 82; do mcls m_no_shenzhen "w_sz_s$s" 16 shenzhen "$s" --average-from 0.25; done
+  ;;
+*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@ on a few real crops."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -377,3 +378,23 @@ def test_training_with_source_adversary_ships_the_classifier_alone(tiny_crops, t
     s = train_classifier(tiny_crops, "resnet_s", tmp_path / "a", **{**kw, "epochs": 2})
     assert len(s["history"]) == 2
     assert json.loads((tmp_path / "a" / "config.json").read_text())["nih_adversary"] == 0.5
+
+
+def test_training_keeps_the_averaged_model_beside_the_plain_one(tiny_crops, tmp_path):
+    from tbedge.train.classifier import train_classifier
+    from tbedge.train.predict import load_keras
+
+    out = tmp_path / "w"
+    kw = dict(seed=0, batch=4, max_steps_per_epoch=2, run_eagerly=True, prep="masked", average_from=0.5,
+              log=lambda _: None)
+    s = train_classifier(tiny_crops, "resnet_s", out, epochs=2, **kw)  # averaging starts at epoch 1
+    assert math.isnan(s["history"][0]["avg_auc"]) and np.isfinite(s["history"][1]["avg_auc"])
+    s = train_classifier(tiny_crops, "resnet_s", out, epochs=4, **kw)  # resumed (start now 2: epochs 2, 3 added)
+    avg = np.load(out / "avg.npz")
+    assert int(avg["count"]) == 3 and int(avg["last_epoch"]) == 3  # epochs 1, 2 and 3
+    res = json.loads((out / "result.json").read_text())
+    assert res["average_from"] == 0.5
+    assert res["avg_best_sel_auc"] == max(r["avg_auc"] for r in s["history"][1:])
+    plain, averaged = load_keras(out / "best.keras"), load_keras(out / "avg_best.keras")
+    assert list(averaged.output_names) == ["probabilities", "cam"]
+    assert not all(np.array_equal(a, b) for a, b in zip(plain.get_weights(), averaged.get_weights(), strict=True))

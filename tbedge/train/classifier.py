@@ -170,7 +170,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
         a.plot(ep, [r["sel_loss"] for r in history], label="selection loss")
     a.set(xlabel="epoch", title="loss")
     a.legend(fontsize=8)
-    for k in ("sel_auc", "val_auc"):
+    for k in ("sel_auc", "avg_auc", "val_auc"):
         if k in history[0]:
             b.plot(ep, [r[k] for r in history], label=k)
     b.set(xlabel="epoch", title="TB-vs-rest AUC", ylim=(0.4, 1.0))
@@ -189,6 +189,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      prep: str = "box", nih_weight: float = 1.0, nih_normal_weight: float | None = None,
                      nih_not_tb: str = "none", nih_aug_strength: float | None = None,
                      nih_adversary: float = 0.0, lung_power: float = 1.0,
+                     average_from: float | None = None,
                      log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
@@ -206,10 +207,14 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     ``nih_aug_strength`` (default: ``aug_strength``): the photometric strength of NIH films
     (``aug_strengths``). ``nih_adversary`` > 0: train with a source adversary of that strength on
     normal films (``classifier_models.with_source_adversary``, ``source_targets``); the saved
-    ``best.keras`` is the classifier alone.
+    ``best.keras`` is the classifier alone. ``average_from`` (a fraction of ``epochs``): also
+    average the weights of every epoch from there on (``averaging.WeightAverage``), log the
+    averaged model's selection AUC as ``avg_auc`` and keep its best as ``avg_best.keras``; the
+    plain model and its selection are unchanged, so one run measures both.
     """
     import keras
 
+    from .averaging import WeightAverage
     from .classifier_models import (
         NotTbCrossentropy,
         build_classifier,
@@ -283,6 +288,24 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
             yield (bx, tuple(None if t is None else t[idx] for t in targets),
                    tuple(None if w is None else w[idx] for w in weights))
 
+    avg = WeightAverage(out / "avg.npz", int(average_from * epochs)) if average_from is not None else None
+    averaged = {"model": None, "x_bn": None}
+
+    def evaluate_average(m, res):
+        if not avg.update(m, len(history())):
+            res["avg_auc"] = float("nan")
+            return
+        if averaged["model"] is None:
+            averaged["model"] = keras.models.clone_model(m)
+            averaged["x_bn"] = crop_arrays(crops, tr, size, prep)  # un-augmented, as at inference
+        am = averaged["model"]
+        avg.apply(am, averaged["x_bn"])
+        res["avg_auc"] = _tb_auc(yse, predict_probabilities(am, xse))
+        seen = [r["avg_auc"] for r in history() if not math.isnan(r.get("avg_auc", math.nan))]
+        if res["avg_auc"] > max(seen, default=-np.inf):
+            with atomic_path(out / "avg_best.keras") as tmp:
+                (without_source_adversary(am) if nih_adversary else am).save(tmp)
+
     def evaluate(m):
         p = predict_probabilities(m, xse)
         ce = -np.log(np.clip(p[np.arange(len(yse)), yse], 1e-7, 1))
@@ -290,6 +313,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                "sel_bal_acc": float(np.mean([np.mean(p[yse == c].argmax(1) == c) for c in np.unique(yse)]))}
         if extra is not None:
             res["val_auc"] = _tb_auc(extra[1], predict_probabilities(m, extra[0]))
+        if avg is not None:
+            evaluate_average(m, res)
         # Learning rate for the next epoch, from epoch and wall-clock progress.
         done = len(history()) + 1
         spent = clock["prior"] + time.time() - clock["t0"]
@@ -303,7 +328,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
               "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
               "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength, "nih_adversary": nih_adversary,
-              "lung_power": lung_power,
+              "lung_power": lung_power, "average_from": average_from,
               "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
               "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))
@@ -323,9 +348,13 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                     f"(best epoch {state['best_epoch'] + 1})")
         train_s = sum(r["seconds"] for r in state["history"])
         state["train_seconds"] = train_s
-    (out / "result.json").write_text(json.dumps({**config, "best_epoch": state["best_epoch"],
-                                                 "best_sel_auc": state["best"], "stopped": stopped,
-                                                 "epochs_done": state["epoch"] + 1}, indent=1))
+    result = {**config, "best_epoch": state["best_epoch"], "best_sel_auc": state["best"], "stopped": stopped,
+              "epochs_done": state["epoch"] + 1}
+    scored = [r for r in state["history"] if not math.isnan(r.get("avg_auc", math.nan))]
+    if scored:
+        top = max(scored, key=lambda r: r["avg_auc"])
+        result.update(avg_best_epoch=top["epoch"], avg_best_sel_auc=top["avg_auc"])
+    (out / "result.json").write_text(json.dumps(result, indent=1))
     return state
 
 

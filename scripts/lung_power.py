@@ -1,7 +1,7 @@
 """Copy a classifier run with its CAM head pooling over cells by (lung fraction) ** POWER (same weights).
 
-Usage: python scripts/lung_power.py SRC_RUN DST_RUN POWER
-SRC_RUN holds best.keras (or slim.keras) and config.json; DST_RUN gets best.keras and config.json
+Usage: python scripts/lung_power.py SRC_RUN DST_RUN POWER [MODEL]
+SRC_RUN holds best.keras (or slim.keras, or MODEL, e.g. avg_best.keras) and config.json; DST_RUN gets best.keras and config.json
 (with "lung_power" added), ready for `tbedge evaluate classifier` and scripts/ship.sh."""
 import json
 import sys
@@ -11,16 +11,16 @@ from tbedge.train.classifier_models import with_lung_power
 from tbedge.train.predict import load_keras
 
 
-def main(src, dst, power):
+def main(src, dst, power, name=None):
     src, dst = Path(src), Path(dst)
-    model = next(p for p in (src / "best.keras", src / "slim.keras") if p.exists())
+    model = src / name if name else next(p for p in (src / "best.keras", src / "slim.keras") if p.exists())
     dst.mkdir(parents=True, exist_ok=True)
     with_lung_power(load_keras(model), float(power)).save(dst / "best.keras")
     cfg = json.loads((src / "config.json").read_text())
-    (dst / "config.json").write_text(json.dumps({**cfg, "lung_power": float(power), "from_run": str(src)}, indent=1))
+    (dst / "config.json").write_text(json.dumps({**cfg, "lung_power": float(power), "from_run": str(src), "from_model": model.name}, indent=1))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
     main(*sys.argv[1:])

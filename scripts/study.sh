@@ -119,5 +119,28 @@ lane8b)
   for s in 80 81 82; do mcls m_no_montgomery "w_mc_s$s" 16 montgomery "$s" --average-from 0.25; done
   for s in 81 82; do mcls m_no_shenzhen "w_sz_s$s" 16 shenzhen "$s" --average-from 0.25; done
   ;;
+lane8c)  # the seventh-round rule: paired gains, then val pneumonia -> TB and val CAM of both arms with the power-2 head
+  python scripts/swa_gains.py "$R"/cls/w_main_s8{0,1}
+  python scripts/swa_gains.py "$R"/cls/w_mc_s8{0,1,2}
+  python scripts/swa_gains.py "$R"/cls/w_sz_s8{0,1,2}
+  for s in 80 81; do for arm in best avg_best; do
+    o="$R/ship7/w_main_s${s}_${arm}_p2"
+    python scripts/lung_power.py "$R/cls/w_main_s$s" "$o" 2 "$arm.keras"
+    tbedge evaluate classifier "$o/best.keras" --data "$R/crops/m_main_224.npz" --part val --out "$o/eval_val"
+    python scripts/cam_hit_keras.py "$o/best.keras" "$R/crops/m_main_224.npz" val
+  done; done
+  # after the decision, reported for both arms: internal test (power-2 head), site_test of the fold runs (as trained)
+  for s in 80 81; do for arm in best avg_best; do
+    o="$R/ship7/w_main_s${s}_${arm}_p2"
+    tbedge evaluate classifier "$o/best.keras" --data "$R/crops/m_main_224.npz" --part test --out "$o/eval_test"
+    python scripts/cam_hit_keras.py "$o/best.keras" "$R/crops/m_main_224.npz" test
+  done; done
+  for f in mc:m_no_montgomery:montgomery sz:m_no_shenzhen:shenzhen; do IFS=: read -r d c fold <<< "$f"
+    for s in 80 81 82; do for arm in best avg_best; do
+      tbedge evaluate classifier "$R/cls/w_${d}_s$s/$arm.keras" --data "$R/crops/${c}_224.npz" --fold "$fold" \
+        --part site_test --out "$R/cls/w_${d}_s$s/eval_site_test_$arm"
+    done; done
+  done
+  ;;
 *) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b" >&2; exit 2 ;;
 esac

@@ -1,8 +1,8 @@
 """Copy a classifier run with its CAM head pooling over cells by (lung fraction) ** POWER (same weights).
 
 Usage: python scripts/lung_power.py SRC_RUN DST_RUN POWER [MODEL]
-SRC_RUN holds best.keras (or slim.keras, or MODEL, e.g. avg_best.keras) and config.json; DST_RUN gets best.keras and config.json
-(with "lung_power" added), ready for `tbedge evaluate classifier` and scripts/ship.sh."""
+SRC_RUN holds best.keras (or slim.keras, or MODEL, e.g. avg_best.keras) and config.json;
+DST_RUN gets best.keras and config.json (with "lung_power" added), ready for `tbedge evaluate classifier` and scripts/ship.sh."""
 import json
 import sys
 from pathlib import Path
@@ -17,7 +17,8 @@ def main(src, dst, power, name=None):
     dst.mkdir(parents=True, exist_ok=True)
     with_lung_power(load_keras(model), float(power)).save(dst / "best.keras")
     cfg = json.loads((src / "config.json").read_text())
-    (dst / "config.json").write_text(json.dumps({**cfg, "lung_power": float(power), "from_run": str(src), "from_model": model.name}, indent=1))
+    cfg = {**cfg, "lung_power": float(power), "from_run": str(src), "from_model": model.name}
+    (dst / "config.json").write_text(json.dumps(cfg, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Usage: python scripts/lung_power.py SRC_RUN DST_RUN POWER [MODEL]
 SRC_RUN holds best.keras (or slim.keras, or MODEL, e.g. avg_best.keras) and config.json;
-DST_RUN gets best.keras and config.json (with "lung_power" added), ready for `tbedge evaluate classifier` and scripts/ship.sh."""
+DST_RUN gets best.keras and config.json (with "lung_power" added),
+ready for `tbedge evaluate classifier` and scripts/ship.sh."""
 import json
 import sys
 from pathlib import Path

@@ -61,3 +61,5 @@ def test_batchnorm_statistics_are_re_estimated_as_the_mean_over_batches(tf_keras
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([c.mean((0, 1, 2)) for c in chunks], 0), atol=1e-6)
     np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([c.var((0, 1, 2)) for c in chunks], 0), atol=1e-6)
     assert bn.momentum == 0.9 and bn.trainable is False  # settings restored
+    with pytest.raises(ValueError, match="no images"):
+        recompute_batchnorm(model, data[:0])

@@ -33,6 +33,8 @@ def batchnorm_layers(model) -> list:
 def recompute_batchnorm(model, x_uint8: np.ndarray, batch: int = 32) -> int:
     """Replace every BatchNorm's moving mean/variance by the mean over ``x_uint8``'s batches of
     the batch statistics under the model's current weights; returns the number of batches."""
+    if not len(x_uint8):
+        raise ValueError("no images to estimate BatchNorm statistics from")
     bns = batchnorm_layers(model)
     saved = [(bn.momentum, bn.trainable) for bn in bns]
     for bn in bns:

@@ -119,6 +119,10 @@ lane8b)
   for s in 80 81 82; do mcls m_no_montgomery "w_mc_s$s" 16 montgomery "$s" --average-from 0.25; done
   for s in 81 82; do mcls m_no_shenzhen "w_sz_s$s" 16 shenzhen "$s" --average-from 0.25; done
   ;;
+lane8d)  # record only: --nih-not-tb all, more seeds (internal 1, 2 and Montgomery -> Shenzhen 1, 2); run as lane8d 1 and lane8d 2
+  mcls m_main "n_main_s$2" 40 - "$2" --nih-not-tb all
+  mcls m_no_shenzhen "n_sz_s$2" 16 shenzhen "$2" --nih-not-tb all
+  ;;
 lane8c)  # the seventh-round rule: paired gains, then val pneumonia -> TB and val CAM of both arms with the power-2 head
   python scripts/swa_gains.py "$R"/cls/w_main_s8{0,1}
   python scripts/swa_gains.py "$R"/cls/w_mc_s8{0,1,2}

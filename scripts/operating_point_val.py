@@ -1,0 +1,34 @@
+"""Record only (seventh round, docs/selection-rules.md): a recipe variant at its own locked operating point, on
+internal val. The threshold is locked by the shipped rule (`train.threshold.lock_threshold`: pooled out-of-site
+site_val predictions of the fold models, sensitivity >= 0.90); the internal model's val predictions are then read
+at it: TB sensitivity, specificity of Shenzhen/Montgomery normals and of NIH no-finding films, pneumonia referred.
+
+Usage: python scripts/operating_point_val.py NAME INTERNAL_VAL.csv FOLD_SITE_VAL.csv...   (prints one line)"""
+import csv
+import sys
+
+import numpy as np
+
+from tbedge.train.threshold import lock_threshold
+
+
+def main(name, internal, *folds):
+    t = lock_threshold(list(folds))["value"]
+    rows = list(csv.DictReader(open(internal)))
+    p = np.array([float(r["p_tb"]) for r in rows])
+    src, lab = np.array([r["source"] for r in rows]), np.array([r["label"] for r in rows])
+    refer = p >= t
+
+    def rate(sel):
+        return f"{refer[sel].mean():.2f} (n {int(sel.sum())})"
+
+    site_normal = (lab == "normal") & ~np.char.startswith(src.astype(str), "nih")
+    print(f"{name}: threshold {t:.4g}; val TB sensitivity {rate(lab == 'tb')}; referred: Shenzhen/Montgomery normals "
+          f"{rate(site_normal)}, NIH no-finding {rate((lab == 'normal') & ~site_normal)}, "
+          f"pneumonia {rate(lab == 'other')}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    main(*sys.argv[1:])

@@ -2,6 +2,7 @@
 internal val. The threshold is locked by the shipped rule (`train.threshold.lock_threshold`: pooled out-of-site
 site_val predictions of the fold models, sensitivity >= 0.90); the internal model's val predictions are then read
 at it: TB sensitivity, specificity of Shenzhen/Montgomery normals and of NIH no-finding films, pneumonia referred.
+Also printed: the val AUC TB vs rest and TB vs normal on the Shenzhen/Montgomery films alone.
 
 Usage: python scripts/operating_point_val.py NAME INTERNAL_VAL.csv FOLD_SITE_VAL.csv...   (prints one line)"""
 import csv
@@ -9,6 +10,7 @@ import sys
 
 import numpy as np
 
+from tbedge.train.metrics import roc_auc
 from tbedge.train.threshold import lock_threshold
 
 
@@ -23,7 +25,9 @@ def main(name, internal, *folds):
         return f"{refer[sel].mean():.2f} (n {int(sel.sum())})"
 
     site_normal = (lab == "normal") & ~np.char.startswith(src.astype(str), "nih")
-    print(f"{name}: threshold {t:.4g}; val TB sensitivity {rate(lab == 'tb')}; referred: Shenzhen/Montgomery normals "
+    sites = site_normal | (lab == "tb")
+    print(f"{name}: val AUC TB vs rest {roc_auc(lab == 'tb', p):.3f}, TB vs normal on Shenzhen/Montgomery "
+          f"{roc_auc(lab[sites] == 'tb', p[sites]):.3f}; threshold {t:.4g}; val TB sensitivity {rate(lab == 'tb')}; referred: Shenzhen/Montgomery normals "
           f"{rate(site_normal)}, NIH no-finding {rate((lab == 'normal') & ~site_normal)}, "
           f"pneumonia {rate(lab == 'other')}")
 

@@ -2,7 +2,8 @@
 internal val. The threshold is locked by the shipped rule (`train.threshold.lock_threshold`: pooled out-of-site
 site_val predictions of the fold models, sensitivity >= 0.90); the internal model's val predictions are then read
 at it: TB sensitivity, specificity of Shenzhen/Montgomery normals and of NIH no-finding films, pneumonia referred.
-Also printed: the val AUC TB vs rest and TB vs normal on the Shenzhen/Montgomery films alone.
+Also printed: the val AUC TB vs rest and TB vs normal on the Shenzhen/Montgomery films alone, and each fold
+model's own site_val sensitivity / specificity at the pooled threshold (how far the threshold carries).
 
 Usage: python scripts/operating_point_val.py NAME INTERNAL_VAL.csv FOLD_SITE_VAL.csv...   (prints one line)"""
 import csv
@@ -30,6 +31,12 @@ def main(name, internal, *folds):
           f"{roc_auc(lab[sites] == 'tb', p[sites]):.3f}; threshold {t:.4g}; val TB sensitivity {rate(lab == 'tb')}; referred: Shenzhen/Montgomery normals "
           f"{rate(site_normal)}, NIH no-finding {rate((lab == 'normal') & ~site_normal)}, "
           f"pneumonia {rate(lab == 'other')}")
+    per_fold = []
+    for f in folds:
+        fr = list(csv.DictReader(open(f)))
+        fp, ft = np.array([float(r["p_tb"]) for r in fr]), np.array([r["label"] == "tb" for r in fr])
+        per_fold.append(f"{(fp[ft] >= t).mean():.2f}/{(fp[~ft] < t).mean():.2f}")
+    print(f"  fold models' site_val sensitivity/specificity at it: {', '.join(per_fold)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -122,6 +122,20 @@ lane8b)
 lane8d)  # record only: --nih-not-tb all, more seeds (internal 1, 2 and Montgomery -> Shenzhen 1, 2); run as lane8d 1 and lane8d 2
   mcls m_main "n_main_s$2" 40 - "$2" --nih-not-tb all
   mcls m_no_shenzhen "n_sz_s$2" 16 shenzhen "$2" --nih-not-tb all
+  ;;
+lane8e)  # record only: each variant at its own locked operating point on val (after lane8d 1 and lane8d 2)
+  ev() { [ -f "$R/cls/$1/eval_$3/predictions.csv" ] || tbedge evaluate classifier "$R/cls/$1/best.keras" \
+    --data "$R/crops/$2_224.npz" ${4:+--fold $4} --part "$3" --out "$R/cls/$1/eval_$3"; }
+  for s in 0 1 2; do ev "n_main_s$s" m_main val; ev "n_mc_s$s" m_no_montgomery site_val montgomery
+    ev "n_sz_s$s" m_no_shenzhen site_val shenzhen; done
+  for r in g_main_s5 f_main_s0 f_main_s1; do ev "$r" m_main val; done
+  for r in m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2; do ev "$r" m_no_montgomery site_val montgomery; done
+  for r in f_sz_s0 f_sz_s1 f_sz_s2; do ev "$r" m_no_shenzhen site_val shenzhen; done
+  sv() { for f in "$@"; do echo "$R/cls/$f/eval_site_val/predictions.csv"; done; }
+  for s in 0 1 2; do python scripts/operating_point_val.py "not-tb s$s" "$R/cls/n_main_s$s/eval_val/predictions.csv" \
+    $(sv n_mc_s0 n_mc_s1 n_mc_s2 n_sz_s0 n_sz_s1 n_sz_s2); done
+  for r in g_main_s5 f_main_s0 f_main_s1; do python scripts/operating_point_val.py "recipe $r" "$R/cls/$r/eval_val/predictions.csv" \
+    $(sv m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2 f_sz_s0 f_sz_s1 f_sz_s2); done
   ;;
 lane8c)  # the seventh-round rule: paired gains, then val pneumonia -> TB and val CAM of both arms with the power-2 head
   python scripts/swa_gains.py "$R"/cls/w_main_s8{0,1}

@@ -29,7 +29,8 @@ def main(name, internal, *folds):
     sites = site_normal | (lab == "tb")
     print(f"{name}: val AUC TB vs rest {roc_auc(lab == 'tb', p):.3f}, TB vs normal on Shenzhen/Montgomery "
           f"{roc_auc(lab[sites] == 'tb', p[sites]):.3f}; threshold {t:.4g}; val TB sensitivity {rate(lab == 'tb')}; "
-          f"referred: Shenzhen/Montgomery normals {rate(site_normal)}, NIH no-finding {rate((lab == 'normal') & ~site_normal)}, "
+          f"referred: Shenzhen/Montgomery normals {rate(site_normal)}, "
+          f"NIH no-finding {rate((lab == 'normal') & ~site_normal)}, "
           f"pneumonia {rate(lab == 'other')}")
     per_fold = []
     for f in folds:

@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 
-from tbedge.train.metrics import roc_auc
-from tbedge.train.threshold import lock_threshold
+from tbedge.train.metrics import roc_auc, sens_spec
+from tbedge.train.threshold import lock_threshold, read_predictions
 
 
 def main(name, internal, *folds):
@@ -32,11 +32,8 @@ def main(name, internal, *folds):
           f"referred: Shenzhen/Montgomery normals {rate(site_normal)}, "
           f"NIH no-finding {rate((lab == 'normal') & ~site_normal)}, "
           f"pneumonia {rate(lab == 'other')}")
-    per_fold = []
-    for f in folds:
-        fr = list(csv.DictReader(open(f)))
-        fp, ft = np.array([float(r["p_tb"]) for r in fr]), np.array([r["label"] == "tb" for r in fr])
-        per_fold.append(f"{(fp[ft] >= t).mean():.2f}/{(fp[~ft] < t).mean():.2f}")
+    per_fold = [sens_spec(*read_predictions(f)[:2], t) for f in folds]
+    per_fold = [f"{m['sensitivity']:.2f}/{m['specificity']:.2f}" for m in per_fold]
     print(f"  fold models' site_val sensitivity/specificity at it: {', '.join(per_fold)}")
 
 

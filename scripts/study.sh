@@ -13,6 +13,10 @@ cls() {  # arch crops out budget [fold] [seed]
   tbedge train classifier --arch "$1" --data "$R/crops/$2_224.npz" --out "$R/cls/$3" --budget-minutes "$4" \
     --epochs 60 ${5:+--fold $5} --seed "${6:-0}"
 }
+ev() {  # run crops part [fold]: evaluate RUN/best.keras on a part once (skipped when its predictions exist)
+  [ -f "$R/cls/$1/eval_$3/predictions.csv" ] || tbedge evaluate classifier "$R/cls/$1/best.keras" \
+    --data "$R/crops/$2_224.npz" ${4:+--fold $4} --part "$3" --out "$R/cls/$1/eval_$3"
+}
 mcls() {  # crops out epochs fold(- = internal) seed [extra args]: the shipped recipe (lung-masked, NIH 0.3)
   tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 --data "$R/crops/$1_${CROP_SIZE:-224}.npz" \
     --out "$R/cls/$2" --epochs "$3" $([ "$4" = - ] || echo --fold "$4") --seed "$5" "${@:6}"
@@ -89,7 +93,6 @@ lane6)  # fifth round (CPU): a source adversary on normal films (NIH vs TB sites
   for s in 0 1; do mcls m_main "adv25_main_s$s" 40 - "$s" --nih-adversary 0.25; done
   ;;
 lane7)  # sixth round: fresh seeds 50-55 (trained on an H100 with KERAS_BACKEND=jax), 2-model ensembles, AdaBN
-  ev() { tbedge evaluate classifier "$R/cls/$1/best.keras" --data "$R/crops/$2_224.npz" ${4:+--fold $4} --part "$3" --out "$R/cls/$1/eval_$3"; }
   for s in 50 51 52 53 54 55; do
     mcls m_main "i_main_s$s" 40 - "$s"; ev "i_main_s$s" m_main val
     mcls m_no_montgomery "f_mc_s$s" 16 montgomery "$s"; ev "f_mc_s$s" m_no_montgomery site_val montgomery
@@ -124,8 +127,6 @@ lane8d)  # record only: --nih-not-tb all, more seeds (internal 1, 2 and Montgome
   mcls m_no_shenzhen "n_sz_s$2" 16 shenzhen "$2" --nih-not-tb all
   ;;
 lane8e)  # record only: each variant at its own locked operating point on val (after lane8d 1 and lane8d 2)
-  ev() { [ -f "$R/cls/$1/eval_$3/predictions.csv" ] || tbedge evaluate classifier "$R/cls/$1/best.keras" \
-    --data "$R/crops/$2_224.npz" ${4:+--fold $4} --part "$3" --out "$R/cls/$1/eval_$3"; }
   for s in 0 1 2; do ev "n_main_s$s" m_main val; ev "n_mc_s$s" m_no_montgomery site_val montgomery
     ev "n_sz_s$s" m_no_shenzhen site_val shenzhen; done
   for r in g_main_s5 f_main_s0 f_main_s1; do ev "$r" m_main val; done

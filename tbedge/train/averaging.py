@@ -71,7 +71,7 @@ class WeightAverage:
         that epoch is already in the sum (a resume that repeats an epoch's evaluation)."""
         if epoch < self.start or epoch <= self.last_epoch:
             return False
-        w = [np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float64) for v in model.trainable_variables]
+        w = [np.array(v.numpy(), np.float64) for v in model.trainable_variables]
         self.sum = w if self.sum is None else [s + x for s, x in zip(self.sum, w, strict=True)]
         self.count, self.last_epoch = self.count + 1, epoch
         buf = io.BytesIO()

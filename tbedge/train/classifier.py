@@ -222,7 +222,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         with_source_adversary,
         without_source_adversary,
     )
-    from .loop import run_epochs
+    from .loop import run_epochs, save_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,11 +288,13 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
             yield (bx, tuple(None if t is None else t[idx] for t in targets),
                    tuple(None if w is None else w[idx] for w in weights))
 
+    shipped = without_source_adversary if nih_adversary else None  # what best.keras / avg_best.keras hold
     avg = WeightAverage(out / "avg.npz", int(average_from * epochs)) if average_from is not None else None
     averaged = {"model": None, "x_bn": None}
 
     def evaluate_average(m, res):
-        if not avg.update(m, len(history())):
+        hist = history()
+        if not avg.update(m, len(hist)):
             res["avg_auc"] = float("nan")
             return
         if averaged["model"] is None:
@@ -301,10 +303,9 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         am = averaged["model"]
         avg.apply(am, averaged["x_bn"])
         res["avg_auc"] = _tb_auc(yse, predict_probabilities(am, xse))
-        seen = [r["avg_auc"] for r in history() if not math.isnan(r.get("avg_auc", math.nan))]
+        seen = [r["avg_auc"] for r in hist if not math.isnan(r.get("avg_auc", math.nan))]
         if res["avg_auc"] > max(seen, default=-np.inf):
-            with atomic_path(out / "avg_best.keras") as tmp:
-                (without_source_adversary(am) if nih_adversary else am).save(tmp)
+            save_model(shipped(am) if shipped else am, out / "avg_best.keras")
 
     def evaluate(m):
         p = predict_probabilities(m, xse)
@@ -335,7 +336,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     stopped = "epochs"
     try:
         state = run_epochs(model, out, epochs, batches, steps, evaluate, "sel_auc", patience, log,
-                           best_of=without_source_adversary if nih_adversary else None)
+                           best_of=shipped)
         if state["epoch"] < epochs - 1:
             stopped = "early_stopping"
     except _BudgetSpent:

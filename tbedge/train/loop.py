@@ -14,7 +14,8 @@ import numpy as np
 from ..fsio import atomic_path, atomic_write_text
 
 
-def _save_model(model, path: Path) -> None:
+def save_model(model, path: Path) -> None:
+    """Save a Keras model atomically (temp file, fsync, rename)."""
     with atomic_path(path) as tmp:
         model.save(tmp)
 
@@ -61,8 +62,8 @@ def run_epochs(model, out: Path, epochs: int, batches: Callable[[int], Iterator[
             prog.update(task, info=" ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
             if row[monitor] > state["best"]:
                 state["best"], state["best_epoch"] = row[monitor], epoch
-                _save_model(best_of(model) if best_of else model, best)
-            _save_model(model, last)
+                save_model(best_of(model) if best_of else model, best)
+            save_model(model, last)
             state["epoch"] = epoch
             atomic_write_text(state_path, json.dumps(state, indent=1))
             with open(out / "log.csv", "w", newline="") as f:

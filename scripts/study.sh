@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -160,6 +160,17 @@ lane8c)  # the seventh-round rule: paired gains, then val pneumonia -> TB and va
         --part site_test --out "$R/cls/w_${d}_s$s/eval_site_test_$arm"
     done; done
   done
+  ;;
+lane9a)  # eighth round: decide --nih-not-tb all on fresh seeds 90-92 (rule in docs/selection-rules.md); lane9a and lane9b side by side
+  mcls m_main n_main_s90 40 - 90 --nih-not-tb all
+  mcls m_no_montgomery n_mc_s90 16 montgomery 90 --nih-not-tb all
+  mcls m_main n_main_s92 40 - 92 --nih-not-tb all
+  mcls m_no_shenzhen n_sz_s92 16 shenzhen 92 --nih-not-tb all
+  ;;
+lane9b)
+  mcls m_main n_main_s91 40 - 91 --nih-not-tb all
+  for s in 91 92; do mcls m_no_montgomery "n_mc_s$s" 16 montgomery "$s" --nih-not-tb all; done
+  for s in 90 91; do mcls m_no_shenzhen "n_sz_s$s" 16 shenzhen "$s" --nih-not-tb all; done
   ;;
 *) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b" >&2; exit 2 ;;
 esac

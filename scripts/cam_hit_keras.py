@@ -17,7 +17,9 @@ from tbedge.train.crops import load_crops
 from tbedge.train.predict import load_keras
 
 
-def main(model_path, npz, part, data="../shared/data"):
+def cam_hit(model_path, npz, part, data="../shared/data"):
+    """(share of TB films whose hottest CAM cell centre lies in the lungs, the same for a uniformly random point,
+    number of films)."""
     prep = json.loads((Path(model_path).parent / "config.json").read_text()).get("prep", "box")
     c = load_crops(npz)
     native = np.load(npz)["native_shape"]
@@ -32,8 +34,12 @@ def main(model_path, npz, part, data="../shared/data"):
         y, xx = hottest_point(cam[j], tuple(int(v) for v in c.box[i]))
         hits.append(bool(gt[y, xx]))
         chance.append(float(gt.mean()))
-    print(f"{model_path} {part} n {len(hits)} hottest cell centre in lungs {np.mean(hits):.3f} "
-          f"(uniform random point {np.mean(chance):.3f})")
+    return float(np.mean(hits)), float(np.mean(chance)), len(hits)
+
+
+def main(model_path, npz, part, data="../shared/data"):
+    hit, chance, n = cam_hit(model_path, npz, part, data)
+    print(f"{model_path} {part} n {n} hottest cell centre in lungs {hit:.3f} (uniform random point {chance:.3f})")
 
 
 if __name__ == "__main__":

@@ -15,23 +15,31 @@ from tbedge.train.metrics import roc_auc, sens_spec
 from tbedge.train.threshold import lock_threshold, read_predictions
 
 
-def main(name, internal, *folds):
-    t = lock_threshold(list(folds))["value"]
+def val_figures(internal, t):
+    """An internal model's val predictions.csv read at threshold t: AUCs and the referral rates (with their n)."""
     rows = list(csv.DictReader(open(internal)))
     p = np.array([float(r["p_tb"]) for r in rows])
     src, lab = np.array([r["source"] for r in rows]), np.array([r["label"] for r in rows])
     refer = p >= t
-
-    def rate(sel):
-        return f"{refer[sel].mean():.2f} (n {int(sel.sum())})"
-
     site_normal = (lab == "normal") & ~np.char.startswith(src.astype(str), "nih")
     sites = site_normal | (lab == "tb")
-    print(f"{name}: val AUC TB vs rest {roc_auc(lab == 'tb', p):.3f}, TB vs normal on Shenzhen/Montgomery "
-          f"{roc_auc(lab[sites] == 'tb', p[sites]):.3f}; threshold {t:.4g}; val TB sensitivity {rate(lab == 'tb')}; "
-          f"referred: Shenzhen/Montgomery normals {rate(site_normal)}, "
-          f"NIH no-finding {rate((lab == 'normal') & ~site_normal)}, "
-          f"pneumonia {rate(lab == 'other')}")
+    groups = {"tb_sensitivity": lab == "tb", "site_normals_referred": site_normal,
+              "nih_normal_referred": (lab == "normal") & ~site_normal, "pneumonia_referred": lab == "other"}
+    return {"auc_tb_vs_rest": roc_auc(lab == "tb", p), "auc_tb_vs_site_normal": roc_auc(lab[sites] == "tb", p[sites]),
+            **{k: (float(refer[m].mean()), int(m.sum())) for k, m in groups.items()}}
+
+
+def main(name, internal, *folds):
+    t = lock_threshold(list(folds))["value"]
+    f = val_figures(internal, t)
+
+    def rate(k):
+        return f"{f[k][0]:.2f} (n {f[k][1]})"
+
+    print(f"{name}: val AUC TB vs rest {f['auc_tb_vs_rest']:.3f}, TB vs normal on Shenzhen/Montgomery "
+          f"{f['auc_tb_vs_site_normal']:.3f}; threshold {t:.4g}; val TB sensitivity {rate('tb_sensitivity')}; "
+          f"referred: Shenzhen/Montgomery normals {rate('site_normals_referred')}, "
+          f"NIH no-finding {rate('nih_normal_referred')}, pneumonia {rate('pneumonia_referred')}")
     per_fold = [sens_spec(*read_predictions(f)[:2], t) for f in folds]
     per_fold = [f"{m['sensitivity']:.2f}/{m['specificity']:.2f}" for m in per_fold]
     print(f"  fold models' site_val sensitivity/specificity at it: {', '.join(per_fold)}")

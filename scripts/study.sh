@@ -13,9 +13,10 @@ cls() {  # arch crops out budget [fold] [seed]
   tbedge train classifier --arch "$1" --data "$R/crops/$2_224.npz" --out "$R/cls/$3" --budget-minutes "$4" \
     --epochs 60 ${5:+--fold $5} --seed "${6:-0}"
 }
-ev() {  # run crops part [fold]: evaluate RUN/best.keras on a part once (skipped when its predictions exist)
-  [ -f "$R/cls/$1/eval_$3/predictions.csv" ] || tbedge evaluate classifier "$R/cls/$1/best.keras" \
-    --data "$R/crops/$2_224.npz" ${4:+--fold $4} --part "$3" --out "$R/cls/$1/eval_$3"
+ev() {  # run crops part [fold]: evaluate RUN/best.keras on a part once (skipped when its predictions exist); runs in $EV
+  local d=${EV:-$R/cls}/$1
+  [ -f "$d/eval_$3/predictions.csv" ] || tbedge evaluate classifier "$d/best.keras" \
+    --data "$R/crops/$2_224.npz" ${4:+--fold $4} --part "$3" --out "$d/eval_$3"
 }
 mcls() {  # crops out epochs fold(- = internal) seed [extra args]: the shipped recipe (lung-masked, NIH 0.3)
   tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 --data "$R/crops/$1_${CROP_SIZE:-224}.npz" \
@@ -171,6 +172,20 @@ lane9b)
   mcls m_main n_main_s91 40 - 91 --nih-not-tb all
   for s in 91 92; do mcls m_no_montgomery "n_mc_s$s" 16 montgomery "$s" --nih-not-tb all; done
   for s in 90 91; do mcls m_no_shenzhen "n_sz_s$s" 16 shenzhen "$s" --nih-not-tb all; done
+  ;;
+lane9c)  # the eighth-round rule on power-2 copies (val and site_val only): scripts/nih_rule.py prints each part
+  EV=$R/ship8
+  p2() { [ -f "$EV/$1/best.keras" ] || python scripts/lung_power.py "$R/cls/$1" "$EV/$1" 2; }
+  for r in n_main_s90 n_main_s91 n_main_s92 f_main_s0 f_main_s1 g_main_s5 w_main_s80 w_main_s81; do
+    p2 "$r"; ev "$r" m_main val
+    [ -f "$EV/$r/cam_val.json" ] || python -c "import json, sys; sys.path.insert(0, 'scripts'); from cam_hit_keras \
+import cam_hit; h, c, n = cam_hit(sys.argv[1], sys.argv[2], 'val'); \
+json.dump({'hit': h, 'chance': c, 'n': n}, open(sys.argv[3], 'w'))" "$EV/$r/best.keras" "$R/crops/m_main_224.npz" \
+      "$EV/$r/cam_val.json"
+  done
+  for s in 90 91 92; do p2 "n_mc_s$s"; ev "n_mc_s$s" m_no_montgomery site_val montgomery
+    p2 "n_sz_s$s"; ev "n_sz_s$s" m_no_shenzhen site_val shenzhen; done
+  python scripts/nih_rule.py "$EV"
   ;;
 *) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b" >&2; exit 2 ;;
 esac

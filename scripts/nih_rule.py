@@ -1,0 +1,72 @@
+"""The eighth-round rule (docs/selection-rules.md, declared before any run): `--nih-not-tb all` against the
+recipe at each one's operating point, on val and site_val only. Prints every part, its bar and whether it holds.
+
+Usage: python scripts/nih_rule.py RUNS_P2   (the power-2 copies made by `scripts/study.sh lane9c`)
+RUNS_P2/<run>/eval_val/predictions.csv for the internal runs, RUNS_P2/<run>/eval_site_val/predictions.csv for the
+fold runs, RUNS_P2/<run>/cam_val.json for the internal runs' val heat-map check."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from operating_point_val import val_figures
+
+from tbedge.train.threshold import lock_threshold
+
+SEEDS = (90, 91, 92)
+RECIPE = ("f_main_s0", "f_main_s1", "g_main_s5", "w_main_s80", "w_main_s81")
+RECIPE_THRESHOLD = 0.035259  # shipped: the session-6 power-2 fold models' lock
+
+
+def main(root):
+    root = Path(root)
+    cand = [f"n_main_s{s}" for s in SEEDS]
+    folds = {d: [root / f"n_{d}_s{s}" / "eval_site_val" / "predictions.csv" for s in SEEDS] for d in ("mc", "sz")}
+    t = lock_threshold(folds["mc"] + folds["sz"])["value"]
+    one_way = {d: lock_threshold(f)["value"] for d, f in folds.items()}
+    cf = [val_figures(root / r / "eval_val" / "predictions.csv", t) for r in cand]
+    rf = [val_figures(root / r / "eval_val" / "predictions.csv", RECIPE_THRESHOLD) for r in RECIPE]
+
+    def cam(r):
+        return json.loads((root / r / "cam_val.json").read_text())["hit"]
+
+    def mean(figs, k):
+        return float(np.mean([f[k] if isinstance(f[k], float) else f[k][0] for f in figs]))
+
+    def show(figs, k):
+        return " / ".join(f"{(f[k] if isinstance(f[k], float) else f[k][0]):.3f}" for f in figs)
+
+    sens = [f["tb_sensitivity"][0] for f in cf]
+    factor = max(one_way.values()) / min(one_way.values())
+    cam_c, cam_r = [cam(r) for r in cand], [cam(r) for r in RECIPE]
+    parts = [
+        ("a", "val TB sensitivity at T_n (mean; min)", f"{np.mean(sens):.3f}; {min(sens):.3f}", ">= 0.85; >= 0.80",
+         np.mean(sens) >= 0.85 and min(sens) >= 0.80),
+    ]
+    for key, label, bar in (("site_normals_referred", "b", 0.03), ("pneumonia_referred", "c", 0.03)):
+        c, r = mean(cf, key), mean(rf, key)
+        parts.append((label, f"val {key} (candidate {show(cf, key)}; recipe {show(rf, key)})",
+                      f"{c:.3f} vs {r:.3f}", f"<= recipe + {bar}", c <= r + bar))
+    parts.append(("d", f"one-direction lock (MC folds {one_way['mc']:.4g}, SZ folds {one_way['sz']:.4g})",
+                  f"factor {factor:.2f}", "<= 3", factor <= 3))
+    c, r = mean(cf, "auc_tb_vs_site_normal"), mean(rf, "auc_tb_vs_site_normal")
+    parts.append(("e", f"val AUC TB vs normal on SZ/MC (candidate {show(cf, 'auc_tb_vs_site_normal')}; recipe "
+                  f"{show(rf, 'auc_tb_vs_site_normal')})", f"{c:.3f} vs {r:.3f}", ">= recipe - 0.02", c >= r - 0.02))
+    parts.append(("f", f"val CAM hit (candidate {' / '.join(f'{v:.3f}' for v in cam_c)}; recipe "
+                  f"{' / '.join(f'{v:.3f}' for v in cam_r)})", f"{np.mean(cam_c):.3f} vs {np.mean(cam_r):.3f}",
+                  ">= recipe - 0.02", np.mean(cam_c) >= np.mean(cam_r) - 0.02))
+    print(f"T_n (six fresh fold models, power 2) = {t:.6g}; recipe threshold {RECIPE_THRESHOLD}")
+    print(f"val AUC TB vs rest: candidate {show(cf, 'auc_tb_vs_rest')}; recipe {show(rf, 'auc_tb_vs_rest')}")
+    print(f"val NIH no-finding referred: candidate {show(cf, 'nih_normal_referred')}; "
+          f"recipe {show(rf, 'nih_normal_referred')}")
+    for label, what, value, bar, ok in parts:
+        print(f"({label}) {what}: {value} (bar {bar}): {'holds' if ok else 'FAILS'}")
+    adopt = all(p[-1] for p in parts)
+    best = cand[int(np.argmax([f["auc_tb_vs_rest"] for f in cf]))]
+    print(f"ADOPT: ship {best} at {t:.6g}" if adopt else "NOT ADOPTED: the shipped model stays")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])

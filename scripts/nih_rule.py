@@ -1,7 +1,8 @@
 """The eighth-round rule (docs/selection-rules.md, declared before any run): `--nih-not-tb all` against the
 recipe at each one's operating point, on val and site_val only. Prints every part, its bar and whether it holds.
 
-Usage: python scripts/nih_rule.py RUNS_P2   (the power-2 copies made by `scripts/study.sh lane9c`)
+Usage: python scripts/nih_rule.py RUNS_P2 [--test]   (the power-2 copies made by `scripts/study.sh lane9c`)
+--test (only after the decision, `lane9d`): the same figures on internal test and the fold models' site_test.
 RUNS_P2/<run>/eval_val/predictions.csv for the internal runs, RUNS_P2/<run>/eval_site_val/predictions.csv for the
 fold runs, RUNS_P2/<run>/cam_val.json for the internal runs' val heat-map check."""
 import json
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from operating_point_val import val_figures
 
-from tbedge.train.threshold import lock_threshold
+from tbedge.train.metrics import roc_auc, sens_spec
+from tbedge.train.threshold import lock_threshold, read_predictions
 
 SEEDS = (90, 91, 92)
 RECIPE = ("f_main_s0", "f_main_s1", "g_main_s5", "w_main_s80", "w_main_s81")
@@ -66,7 +68,29 @@ def main(root):
     print(f"ADOPT: ship {best} at {t:.6g}" if adopt else "NOT ADOPTED: the shipped model stays")
 
 
+def report_test(root):
+    """After the decision: each arm's internal test at its own threshold, the candidate folds' site_test."""
+    root = Path(root)
+    t = lock_threshold([root / f"n_{d}_s{s}" / "eval_site_val" / "predictions.csv"
+                        for d in ("mc", "sz") for s in SEEDS])["value"]
+    for arm, runs, thr in (("candidate", [f"n_main_s{s}" for s in SEEDS], t), ("recipe", RECIPE, RECIPE_THRESHOLD)):
+        for r in runs:
+            f = val_figures(root / r / "eval_test" / "predictions.csv", thr)
+            print(f"{arm} {r} test at {thr:.4g}: AUC TB vs rest {f['auc_tb_vs_rest']:.3f}, TB vs normal on SZ/MC "
+                  f"{f['auc_tb_vs_site_normal']:.3f}; " + ", ".join(
+                      f"{k} {v[0]:.2f}" for k, v in f.items() if isinstance(v, tuple)))
+    for d in ("mc", "sz"):
+        for s in SEEDS:
+            y, p, _ = read_predictions(root / f"n_{d}_s{s}" / "eval_site_test" / "predictions.csv")
+            m = sens_spec(y, p, t)
+            print(f"candidate n_{d}_s{s} site_test AUC {roc_auc(y, p):.3f}; at T_n sensitivity {m['sensitivity']:.2f} "
+                  f"specificity {m['specificity']:.2f}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 3 and sys.argv[2] == "--test":
+        report_test(sys.argv[1])
+    elif len(sys.argv) == 2:
+        main(sys.argv[1])
+    else:
         sys.exit(__doc__)
-    main(sys.argv[1])

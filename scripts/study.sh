@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -186,6 +186,15 @@ json.dump({'hit': h, 'chance': c, 'n': n}, open(sys.argv[3], 'w'))" "$EV/$r/best
   for s in 90 91 92; do p2 "n_mc_s$s"; ev "n_mc_s$s" m_no_montgomery site_val montgomery
     p2 "n_sz_s$s"; ev "n_sz_s$s" m_no_shenzhen site_val shenzhen; done
   python scripts/nih_rule.py "$EV"
+  ;;
+lane9d)  # after the eighth-round decision, whatever it was: internal test and site_test of both arms
+  EV=$R/ship8
+  for r in n_main_s90 n_main_s91 n_main_s92 f_main_s0 f_main_s1 g_main_s5 w_main_s80 w_main_s81; do ev "$r" m_main test; done
+  for s in 90 91 92; do ev "n_mc_s$s" m_no_montgomery site_test montgomery; ev "n_sz_s$s" m_no_shenzhen site_test shenzhen; done
+  python scripts/nih_rule.py "$EV" --test
+  EV=$R/cls  # the seventh round's record runs (power 1, as trained)
+  for s in 0 1 2; do ev "n_main_s$s" m_main test; ev "n_mc_s$s" m_no_montgomery site_test montgomery
+    ev "n_sz_s$s" m_no_shenzhen site_test shenzhen; done
   ;;
 *) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b" >&2; exit 2 ;;
 esac

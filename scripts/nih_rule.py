@@ -1,15 +1,17 @@
 """The eighth-round rule (docs/selection-rules.md, declared before any run): `--nih-not-tb all` against the
 recipe at each one's operating point, on val and site_val only. Prints every part, its bar and whether it holds.
 
-Usage: python scripts/nih_rule.py RUNS_P2 [--test]   (the power-2 copies made by `scripts/study.sh lane9c`)
+Usage: python scripts/nih_rule.py RUNS_P2 CROPS [--test]   (the power-2 copies made by `scripts/study.sh lane9c`;
+CROPS: the internal crop cache, runs/crops/m_main_224.npz)
 --test (only after the decision, `lane9d`): the same figures on internal test and the fold models' site_test.
-RUNS_P2/<run>/eval_val/predictions.csv for the internal runs, RUNS_P2/<run>/eval_site_val/predictions.csv for the
-fold runs, RUNS_P2/<run>/cam_val.json for the internal runs' val heat-map check."""
+Reads RUNS_P2/<run>/eval_val/predictions.csv for the internal runs and RUNS_P2/<run>/eval_site_val/predictions.csv
+for the fold runs; the internal runs' val heat-map check is computed once into RUNS_P2/<run>/cam_val.json."""
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from cam_hit_keras import cam_hit
 from operating_point_val import val_figures
 
 from tbedge.train.metrics import roc_auc, sens_spec
@@ -20,27 +22,45 @@ RECIPE = ("f_main_s0", "f_main_s1", "g_main_s5", "w_main_s80", "w_main_s81")
 RECIPE_THRESHOLD = 0.035259  # shipped: the session-6 power-2 fold models' lock
 
 
-def main(root):
+CANDIDATE = tuple(f"n_main_s{s}" for s in SEEDS)
+
+
+def fold_predictions(root: Path) -> dict[str, list[Path]]:
+    """The fresh fold models' site_val predictions, per held-out direction (mc: Shenzhen -> Montgomery)."""
+    return {d: [root / f"n_{d}_s{s}" / "eval_site_val" / "predictions.csv" for s in SEEDS] for d in ("mc", "sz")}
+
+
+def value(fig, k):
+    """A figure from val_figures: AUCs are floats, rates are (rate, n)."""
+    return fig[k] if isinstance(fig[k], float) else fig[k][0]
+
+
+def val_cam(run: Path, crops) -> float:
+    out = run / "cam_val.json"
+    if not out.exists():
+        hit, chance, n = cam_hit(run / "best.keras", crops, "val")
+        out.write_text(json.dumps({"hit": hit, "chance": chance, "n": n}))
+    return json.loads(out.read_text())["hit"]
+
+
+def main(root, crops):
     root = Path(root)
-    cand = [f"n_main_s{s}" for s in SEEDS]
-    folds = {d: [root / f"n_{d}_s{s}" / "eval_site_val" / "predictions.csv" for s in SEEDS] for d in ("mc", "sz")}
+    cand = CANDIDATE
+    folds = fold_predictions(root)
     t = lock_threshold(folds["mc"] + folds["sz"])["value"]
     one_way = {d: lock_threshold(f)["value"] for d, f in folds.items()}
     cf = [val_figures(root / r / "eval_val" / "predictions.csv", t) for r in cand]
     rf = [val_figures(root / r / "eval_val" / "predictions.csv", RECIPE_THRESHOLD) for r in RECIPE]
 
-    def cam(r):
-        return json.loads((root / r / "cam_val.json").read_text())["hit"]
-
     def mean(figs, k):
-        return float(np.mean([f[k] if isinstance(f[k], float) else f[k][0] for f in figs]))
+        return float(np.mean([value(f, k) for f in figs]))
 
     def show(figs, k):
-        return " / ".join(f"{(f[k] if isinstance(f[k], float) else f[k][0]):.3f}" for f in figs)
+        return " / ".join(f"{value(f, k):.3f}" for f in figs)
 
     sens = [f["tb_sensitivity"][0] for f in cf]
     factor = max(one_way.values()) / min(one_way.values())
-    cam_c, cam_r = [cam(r) for r in cand], [cam(r) for r in RECIPE]
+    cam_c, cam_r = [val_cam(root / r, crops) for r in cand], [val_cam(root / r, crops) for r in RECIPE]
     parts = [
         ("a", "val TB sensitivity at T_n (mean; min)", f"{np.mean(sens):.3f}; {min(sens):.3f}", ">= 0.85; >= 0.80",
          np.mean(sens) >= 0.85 and min(sens) >= 0.80),
@@ -61,8 +81,8 @@ def main(root):
     print(f"val AUC TB vs rest: candidate {show(cf, 'auc_tb_vs_rest')}; recipe {show(rf, 'auc_tb_vs_rest')}")
     print(f"val NIH no-finding referred: candidate {show(cf, 'nih_normal_referred')}; "
           f"recipe {show(rf, 'nih_normal_referred')}")
-    for label, what, value, bar, ok in parts:
-        print(f"({label}) {what}: {value} (bar {bar}): {'holds' if ok else 'FAILS'}")
+    for label, what, shown, bar, ok in parts:
+        print(f"({label}) {what}: {shown} (bar {bar}): {'holds' if ok else 'FAILS'}")
     adopt = all(p[-1] for p in parts)
     best = cand[int(np.argmax([f["auc_tb_vs_rest"] for f in cf]))]
     print(f"ADOPT: ship {best} at {t:.6g}" if adopt else "NOT ADOPTED: the shipped model stays")
@@ -71,9 +91,9 @@ def main(root):
 def report_test(root):
     """After the decision: each arm's internal test at its own threshold, the candidate folds' site_test."""
     root = Path(root)
-    t = lock_threshold([root / f"n_{d}_s{s}" / "eval_site_val" / "predictions.csv"
-                        for d in ("mc", "sz") for s in SEEDS])["value"]
-    for arm, runs, thr in (("candidate", [f"n_main_s{s}" for s in SEEDS], t), ("recipe", RECIPE, RECIPE_THRESHOLD)):
+    folds = fold_predictions(root)
+    t = lock_threshold(folds["mc"] + folds["sz"])["value"]
+    for arm, runs, thr in (("candidate", CANDIDATE, t), ("recipe", RECIPE, RECIPE_THRESHOLD)):
         for r in runs:
             f = val_figures(root / r / "eval_test" / "predictions.csv", thr)
             print(f"{arm} {r} test at {thr:.4g}: AUC TB vs rest {f['auc_tb_vs_rest']:.3f}, TB vs normal on SZ/MC "
@@ -88,9 +108,9 @@ def report_test(root):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[2] == "--test":
+    if len(sys.argv) == 4 and sys.argv[3] == "--test":
         report_test(sys.argv[1])
-    elif len(sys.argv) == 2:
-        main(sys.argv[1])
+    elif len(sys.argv) == 3:
+        main(*sys.argv[1:])
     else:
         sys.exit(__doc__)

@@ -177,24 +177,19 @@ lane9c)  # the eighth-round rule on power-2 copies (val and site_val only): scri
   EV=$R/ship8
   p2() { [ -f "$EV/$1/best.keras" ] || python scripts/lung_power.py "$R/cls/$1" "$EV/$1" 2; }
   for r in n_main_s90 n_main_s91 n_main_s92 f_main_s0 f_main_s1 g_main_s5 w_main_s80 w_main_s81; do
-    p2 "$r"; ev "$r" m_main val
-    [ -f "$EV/$r/cam_val.json" ] || python -c "import json, sys; sys.path.insert(0, 'scripts'); from cam_hit_keras \
-import cam_hit; h, c, n = cam_hit(sys.argv[1], sys.argv[2], 'val'); \
-json.dump({'hit': h, 'chance': c, 'n': n}, open(sys.argv[3], 'w'))" "$EV/$r/best.keras" "$R/crops/m_main_224.npz" \
-      "$EV/$r/cam_val.json"
-  done
+    p2 "$r"; ev "$r" m_main val; done
   for s in 90 91 92; do p2 "n_mc_s$s"; ev "n_mc_s$s" m_no_montgomery site_val montgomery
     p2 "n_sz_s$s"; ev "n_sz_s$s" m_no_shenzhen site_val shenzhen; done
-  python scripts/nih_rule.py "$EV"
+  python scripts/nih_rule.py "$EV" "$R/crops/m_main_224.npz"
   ;;
 lane9d)  # after the eighth-round decision, whatever it was: internal test and site_test of both arms
   EV=$R/ship8
   for r in n_main_s90 n_main_s91 n_main_s92 f_main_s0 f_main_s1 g_main_s5 w_main_s80 w_main_s81; do ev "$r" m_main test; done
   for s in 90 91 92; do ev "n_mc_s$s" m_no_montgomery site_test montgomery; ev "n_sz_s$s" m_no_shenzhen site_test shenzhen; done
-  python scripts/nih_rule.py "$EV" --test
+  python scripts/nih_rule.py "$EV" "$R/crops/m_main_224.npz" --test
   EV=$R/cls  # the seventh round's record runs (power 1, as trained)
   for s in 0 1 2; do ev "n_main_s$s" m_main test; ev "n_mc_s$s" m_no_montgomery site_test montgomery
     ev "n_sz_s$s" m_no_shenzhen site_test shenzhen; done
   ;;
-*) echo "usage: $0 lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b" >&2; exit 2 ;;
+*) sed -n 4p "$0" >&2; exit 2 ;;
 esac

@@ -23,17 +23,10 @@ ORDER = ("min", "median", "p90", "p95", "p99", "max")
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory, tf_keras):
     """Tiny ONNX bundle + the same two tiny models as Keras files for the baseline."""
-    from tiny_bundle import CLASSIFIER_SIZE, LUNG_SIZE, build_tiny_bundle
+    from tiny_bundle import build_tiny_bundle
 
-    from tbedge.build.tiny import tiny_classifier, tiny_lungs
-
-    root = tmp_path_factory.mktemp("bench")
-    bundle = build_tiny_bundle(root / "bundle")
-    kd = root / "keras"
-    kd.mkdir()
-    tiny_lungs(LUNG_SIZE).save(kd / "lungs.keras")
-    tiny_classifier(CLASSIFIER_SIZE).save(kd / "classifier.keras")
-    return bundle, kd
+    bundle = build_tiny_bundle(tmp_path_factory.mktemp("bench") / "bundle")
+    return bundle, bundle.parent / "bundle-keras"
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -190,6 +190,23 @@ lane9d)  # after the eighth-round decision, whatever it was: internal test and s
   EV=$R/cls  # the seventh round's record runs (power 1, as trained)
   for s in 0 1 2; do ev "n_main_s$s" m_main test; ev "n_mc_s$s" m_no_montgomery site_test montgomery
     ev "n_sz_s$s" m_no_shenzhen site_test shenzhen; done
+  ;;
+lane10a)  # ninth round: mixup (--mixup 0.4) on fresh seeds 93-95 (rule in docs/selection-rules.md); lane10a and lane10b side by side
+  mcls m_main x_main_s93 40 - 93 --mixup 0.4
+  for s in 93 94; do mcls m_no_montgomery "x_mc_s$s" 16 montgomery "$s" --mixup 0.4; done
+  mcls m_no_shenzhen x_sz_s95 16 shenzhen 95 --mixup 0.4
+  ;;
+lane10b)
+  mcls m_main x_main_s94 40 - 94 --mixup 0.4
+  for s in 93 94; do mcls m_no_shenzhen "x_sz_s$s" 16 shenzhen "$s" --mixup 0.4; done
+  mcls m_no_montgomery x_mc_s95 16 montgomery 95 --mixup 0.4
+  ;;
+lane10c)  # the ninth-round rule (selection data only)
+  python scripts/mixup_rule.py "$R/cls" "$R/crops/m_main_224.npz"
+  ;;
+lane10d)  # after the ninth-round decision, whatever it was: internal test (power 2) and site_test (as trained)
+  for s in 93 94; do EV=$R/ship9 ev "x_main_s$s" m_main test; done
+  for s in 93 94 95; do ev "x_mc_s$s" m_no_montgomery site_test montgomery; ev "x_sz_s$s" m_no_shenzhen site_test shenzhen; done
   ;;
 *) sed -n 4p "$0" >&2; exit 2 ;;
 esac

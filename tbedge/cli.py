@@ -321,6 +321,8 @@ def train_classifier(
                                      "fraction) ** P (the shipped head uses 2; scripts/lung_power.py)."),
     average_from: float = typer.Option(None, "--average-from", help="Also keep a weight average (SWA) of "
                                        "the epochs from this fraction of --epochs on: avg_best.keras."),
+    mixup: float = typer.Option(0.0, "--mixup", help="Mix training batches (images, targets, weights) with "
+                                "lam ~ Beta(A, A); 0 = off."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -332,7 +334,7 @@ def train_classifier(
                 patience=patience, prep=prep, size=size, aug_strength=aug_strength,
                 nih_weight=nih_weight, nih_normal_weight=nih_normal_weight,
                 nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength, nih_adversary=nih_adversary,
-                lung_power=lung_power, average_from=average_from)
+                lung_power=lung_power, average_from=average_from, mixup_alpha=mixup)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

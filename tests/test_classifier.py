@@ -398,3 +398,34 @@ def test_training_keeps_the_averaged_model_beside_the_plain_one(tiny_crops, tmp_
     plain, averaged = load_keras(out / "best.keras"), load_keras(out / "avg_best.keras")
     assert list(averaged.output_names) == ["probabilities", "cam"]
     assert not all(np.array_equal(a, b) for a, b in zip(plain.get_weights(), averaged.get_weights(), strict=True))
+
+
+def test_mixup_blends_images_targets_and_weights_with_one_lam_per_sample():
+    from tbedge.train.augment import mixup
+
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 4, 4, 2)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 1, 0, 2, 1, 0]]
+    w = np.linspace(0.5, 2.0, 8).astype(np.float32)
+    assert mixup(np.random.default_rng(1), x, y, w, 0.0) == (x, y, w)  # off
+    mx, my, mw = mixup(np.random.default_rng(1), x, y, w, 0.4)
+    # Recover lam and the partner from the targets, then check the images and weights used the same ones.
+    r = np.random.default_rng(1)
+    lam, partner = r.beta(0.4, 0.4, size=8).astype(np.float32), r.permutation(8)
+    np.testing.assert_allclose(my, lam[:, None] * y + (1 - lam[:, None]) * y[partner], rtol=1e-6)
+    np.testing.assert_allclose(mx, lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner],
+                               rtol=1e-6)
+    np.testing.assert_allclose(mw, lam * w + (1 - lam) * w[partner], rtol=1e-6)
+    np.testing.assert_allclose(my.sum(1), 1.0, rtol=1e-6)  # still a distribution over the classes
+    assert not np.allclose(mx, x)
+
+
+def test_training_with_mixup_records_it_and_refuses_not_tb(tiny_crops, tmp_path):
+    from tbedge.train.classifier import train_classifier
+
+    kw = dict(epochs=1, seed=0, batch=4, max_steps_per_epoch=2, run_eagerly=True, prep="masked", log=lambda _: None)
+    s = train_classifier(tiny_crops, "resnet_s", tmp_path / "m", mixup_alpha=0.4, **kw)
+    assert np.isfinite(s["history"][0]["loss"])
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["mixup_alpha"] == 0.4
+    with pytest.raises(ValueError, match="mixup"):
+        train_classifier(tiny_crops, "resnet_s", tmp_path / "x", mixup_alpha=0.4, nih_not_tb="all", **kw)

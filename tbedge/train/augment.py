@@ -50,3 +50,21 @@ def photometric(rng: np.random.Generator, img: np.ndarray, strength: float = 1.0
         if ok:
             x = cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
     return np.clip(x, 0, 1).astype(np.float32)
+
+
+def mixup(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mixup within a batch: each sample becomes lam * itself + (1 - lam) * a partner from the same batch,
+    lam ~ Beta(alpha, alpha) per sample, and so do its target row and its loss weight. Films from
+    different sources blend, so a source's look alone cannot carry a label. alpha <= 0: unchanged."""
+    if alpha <= 0 or len(x) < 2:
+        return x, y, w
+    lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
+    partner = rng.permutation(len(x))
+
+    def mix(a):
+        a = np.asarray(a, np.float32)
+        lk = lam.reshape(-1, *([1] * (a.ndim - 1)))
+        return lk * a + (1 - lk) * a[partner]
+
+    return mix(x), mix(y), mix(w)

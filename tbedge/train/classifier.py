@@ -22,7 +22,7 @@ from ..edge.bundle import model_sidecar
 from ..fsio import atomic_path, atomic_write_text
 from ..schema import CLASS_NAMES
 from . import metrics as M
-from .augment import photometric, random_affine, warp
+from .augment import mixup, photometric, random_affine, warp
 from .crops import Crops, build_crop_cache, load_crops
 from .predict import model_predictor
 
@@ -189,7 +189,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      prep: str = "box", nih_weight: float = 1.0, nih_normal_weight: float | None = None,
                      nih_not_tb: str = "none", nih_aug_strength: float | None = None,
                      nih_adversary: float = 0.0, lung_power: float = 1.0,
-                     average_from: float | None = None,
+                     average_from: float | None = None, mixup_alpha: float = 0.0,
                      log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
@@ -210,7 +210,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     ``best.keras`` is the classifier alone. ``average_from`` (a fraction of ``epochs``): also
     average the weights of every epoch from there on (``averaging.WeightAverage``), log the
     averaged model's selection AUC as ``avg_auc`` and keep its best as ``avg_best.keras``; the
-    plain model and its selection are unchanged, so one run measures both.
+    plain model and its selection are unchanged, so one run measures both. ``mixup_alpha`` > 0: mix each
+    training batch (``augment.mixup``: images, targets and loss weights, lam ~ Beta(alpha, alpha)).
     """
     import keras
 
@@ -224,6 +225,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     )
     from .loop import run_epochs, save_model
 
+    if mixup_alpha > 0 and (nih_not_tb != "none" or nih_adversary):
+        raise ValueError("mixup blends targets; it is not defined with --nih-not-tb or --nih-adversary")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
@@ -285,8 +288,11 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                 img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
                 img[..., 0] = photometric(rng, img[..., 0], strength[k])  # the film varies, the mask not
                 bx[j] = prepare(img, prep)  # then masked / equalised exactly as at runtime
-            yield (bx, tuple(None if t is None else t[idx] for t in targets),
-                   tuple(None if w is None else w[idx] for w in weights))
+            ys = [None if t is None else t[idx] for t in targets]
+            ws = [None if w is None else w[idx] for w in weights]
+            if mixup_alpha > 0:  # after preparing, so masked crops blend as the network sees them
+                bx, ys[0], ws[0] = mixup(rng, bx, ys[0], ws[0], mixup_alpha)
+            yield bx, tuple(ys), tuple(ws)
 
     shipped = without_source_adversary if nih_adversary else None  # what best.keras / avg_best.keras hold
     avg = WeightAverage(out / "avg.npz", int(average_from * epochs)) if average_from is not None else None
@@ -329,7 +335,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
               "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
               "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength, "nih_adversary": nih_adversary,
-              "lung_power": lung_power, "average_from": average_from,
+              "lung_power": lung_power, "average_from": average_from, "mixup_alpha": mixup_alpha,
               "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
               "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))

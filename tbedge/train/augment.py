@@ -3,6 +3,7 @@
 Geometry: small rotations, shifts and scales (no left-right flip: the heart is on the left).
 Photometry: brightness/contrast, gamma, tone curves, blur, noise, JPEG artefacts. Each is
 applied with its own probability from a seeded Generator, so a run is reproducible.
+Mixup (blending samples within a batch) is here for the classifier study; the recipe does not use it.
 """
 
 from __future__ import annotations

@@ -37,6 +37,15 @@ def cam_hit(model_path, npz, part, data="../shared/data"):
     return float(np.mean(hits)), float(np.mean(chance)), len(hits)
 
 
+def cam_hit_cached(model_path, npz, part, cache) -> float:
+    """cam_hit's rate, computed once into the JSON file ``cache`` and read from it after."""
+    cache = Path(cache)
+    if not cache.exists():
+        hit, chance, n = cam_hit(model_path, npz, part)
+        cache.write_text(json.dumps({"hit": hit, "chance": chance, "n": n}))
+    return json.loads(cache.read_text())["hit"]
+
+
 def main(model_path, npz, part, data="../shared/data"):
     hit, chance, n = cam_hit(model_path, npz, part, data)
     print(f"{model_path} {part} n {n} hottest cell centre in lungs {hit:.3f} (uniform random point {chance:.3f})")

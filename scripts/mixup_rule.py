@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from cam_hit_keras import cam_hit
+from cam_hit_keras import cam_hit_cached
 from lung_power import main as lung_power
 
 SEEDS = (93, 94, 95)
@@ -25,12 +25,9 @@ def best(run: Path) -> float:
 
 def val_cam_p2(run: Path, crops) -> float:
     p2 = run.parent.parent / "ship9" / run.name
-    if not (p2 / "cam_val.json").exists():
-        if not (p2 / "best.keras").exists():
-            lung_power(run, p2, 2)
-        hit, chance, n = cam_hit(p2 / "best.keras", crops, "val")
-        (p2 / "cam_val.json").write_text(json.dumps({"hit": hit, "chance": chance, "n": n}))
-    return json.loads((p2 / "cam_val.json").read_text())["hit"]
+    if not (p2 / "best.keras").exists():
+        lung_power(run, p2, 2)
+    return cam_hit_cached(p2 / "best.keras", crops, "val", p2 / "cam_val.json")
 
 
 def main(runs, crops):

@@ -6,13 +6,12 @@ CROPS: the internal crop cache, runs/crops/m_main_224.npz)
 --test (only after the decision, `lane9d`): the same figures on internal test and the fold models' site_test.
 Reads RUNS_P2/<run>/eval_val/predictions.csv for the internal runs and RUNS_P2/<run>/eval_site_val/predictions.csv
 for the fold runs; the internal runs' val heat-map check is computed once into RUNS_P2/<run>/cam_val.json."""
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from cam_hit_keras import cam_hit
-from operating_point_val import val_figures
+from cam_hit_keras import cam_hit_cached
+from operating_point_val import RATES, val_figures
 
 from tbedge.train.metrics import roc_auc, sens_spec
 from tbedge.train.threshold import lock_threshold, read_predictions
@@ -30,17 +29,8 @@ def fold_predictions(root: Path) -> dict[str, list[Path]]:
     return {d: [root / f"n_{d}_s{s}" / "eval_site_val" / "predictions.csv" for s in SEEDS] for d in ("mc", "sz")}
 
 
-def value(fig, k):
-    """A figure from val_figures: AUCs are floats, rates are (rate, n)."""
-    return fig[k] if isinstance(fig[k], float) else fig[k][0]
-
-
 def val_cam(run: Path, crops) -> float:
-    out = run / "cam_val.json"
-    if not out.exists():
-        hit, chance, n = cam_hit(run / "best.keras", crops, "val")
-        out.write_text(json.dumps({"hit": hit, "chance": chance, "n": n}))
-    return json.loads(out.read_text())["hit"]
+    return cam_hit_cached(run / "best.keras", crops, "val", run / "cam_val.json")
 
 
 def main(root, crops):
@@ -53,12 +43,12 @@ def main(root, crops):
     rf = [val_figures(root / r / "eval_val" / "predictions.csv", RECIPE_THRESHOLD) for r in RECIPE]
 
     def mean(figs, k):
-        return float(np.mean([value(f, k) for f in figs]))
+        return float(np.mean([f[k] for f in figs]))
 
     def show(figs, k):
-        return " / ".join(f"{value(f, k):.3f}" for f in figs)
+        return " / ".join(f"{f[k]:.3f}" for f in figs)
 
-    sens = [f["tb_sensitivity"][0] for f in cf]
+    sens = [f["tb_sensitivity"] for f in cf]
     factor = max(one_way.values()) / min(one_way.values())
     cam_c, cam_r = [val_cam(root / r, crops) for r in cand], [val_cam(root / r, crops) for r in RECIPE]
     parts = [
@@ -98,7 +88,7 @@ def report_test(root):
             f = val_figures(root / r / "eval_test" / "predictions.csv", thr)
             print(f"{arm} {r} test at {thr:.4g}: AUC TB vs rest {f['auc_tb_vs_rest']:.3f}, TB vs normal on SZ/MC "
                   f"{f['auc_tb_vs_site_normal']:.3f}; " + ", ".join(
-                      f"{k} {v[0]:.2f}" for k, v in f.items() if isinstance(v, tuple)))
+                      f"{k} {f[k]:.2f}" for k in RATES))
     for d in ("mc", "sz"):
         for s in SEEDS:
             y, p, _ = read_predictions(root / f"n_{d}_s{s}" / "eval_site_test" / "predictions.csv")

@@ -14,19 +14,22 @@ import numpy as np
 from tbedge.train.metrics import roc_auc, sens_spec
 from tbedge.train.threshold import lock_threshold, read_predictions
 
+RATES = ("tb_sensitivity", "site_normals_referred", "nih_normal_referred", "pneumonia_referred")
+
 
 def val_figures(internal, t):
-    """An internal model's val predictions.csv read at threshold t: AUCs and the referral rates (with their n)."""
+    """An internal model's val predictions.csv read at threshold t: the AUCs and the ``RATES`` (floats), and
+    under "n" the number of films behind each rate."""
     rows = list(csv.DictReader(open(internal)))
     p = np.array([float(r["p_tb"]) for r in rows])
     src, lab = np.array([r["source"] for r in rows]), np.array([r["label"] for r in rows])
     refer = p >= t
     site_normal = (lab == "normal") & ~np.char.startswith(src.astype(str), "nih")
     sites = site_normal | (lab == "tb")
-    groups = {"tb_sensitivity": lab == "tb", "site_normals_referred": site_normal,
-              "nih_normal_referred": (lab == "normal") & ~site_normal, "pneumonia_referred": lab == "other"}
+    groups = dict(zip(RATES, (lab == "tb", site_normal, (lab == "normal") & ~site_normal, lab == "other"),
+                      strict=True))
     return {"auc_tb_vs_rest": roc_auc(lab == "tb", p), "auc_tb_vs_site_normal": roc_auc(lab[sites] == "tb", p[sites]),
-            **{k: (float(refer[m].mean()), int(m.sum())) for k, m in groups.items()}}
+            **{k: float(refer[m].mean()) for k, m in groups.items()}, "n": {k: int(m.sum()) for k, m in groups.items()}}
 
 
 def main(name, internal, *folds):
@@ -34,7 +37,7 @@ def main(name, internal, *folds):
     f = val_figures(internal, t)
 
     def rate(k):
-        return f"{f[k][0]:.2f} (n {f[k][1]})"
+        return f"{f[k]:.2f} (n {f['n'][k]})"
 
     print(f"{name}: val AUC TB vs rest {f['auc_tb_vs_rest']:.3f}, TB vs normal on Shenzhen/Montgomery "
           f"{f['auc_tb_vs_site_normal']:.3f}; threshold {t:.4g}; val TB sensitivity {rate('tb_sensitivity')}; "

@@ -152,6 +152,12 @@ def _tb_auc(y: np.ndarray, probs: np.ndarray) -> float:
     return M.roc_auc(t, probs[:, TB])
 
 
+def best_averaged(history: list[dict]) -> dict | None:
+    """The epoch row with the highest ``avg_auc`` (epochs before averaging starts log NaN); None before any."""
+    scored = [r for r in history if not math.isnan(r.get("avg_auc", math.nan))]
+    return max(scored, key=lambda r: r["avg_auc"]) if scored else None
+
+
 def cosine_lr(lr: float, progress: float, floor: float = 0.02) -> float:
     p = min(max(progress, 0.0), 1.0)
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
@@ -309,8 +315,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         am = averaged["model"]
         avg.apply(am, averaged["x_bn"])
         res["avg_auc"] = _tb_auc(yse, predict_probabilities(am, xse))
-        seen = [r["avg_auc"] for r in hist if not math.isnan(r.get("avg_auc", math.nan))]
-        if res["avg_auc"] > max(seen, default=-np.inf):
+        top = best_averaged(hist)
+        if top is None or res["avg_auc"] > top["avg_auc"]:
             save_model(shipped(am) if shipped else am, out / "avg_best.keras")
 
     def evaluate(m):
@@ -357,9 +363,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         state["train_seconds"] = train_s
     result = {**config, "best_epoch": state["best_epoch"], "best_sel_auc": state["best"], "stopped": stopped,
               "epochs_done": state["epoch"] + 1}
-    scored = [r for r in state["history"] if not math.isnan(r.get("avg_auc", math.nan))]
-    if scored:
-        top = max(scored, key=lambda r: r["avg_auc"])
+    top = best_averaged(state["history"])
+    if top is not None:
         result.update(avg_best_epoch=top["epoch"], avg_best_sel_auc=top["avg_auc"])
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return state

@@ -76,3 +76,20 @@ def test_stage_failure_is_named_and_others_survive(tiny_bundle, inputs, monkeypa
     assert [s.result.status for s in out] == ["ok", "error", "ok"]
     assert out[1].result.reason == "error_classify" and out[1].result.tb_score is None
     assert out[0].result.tb_score is not None
+
+
+def test_lungs_only_pipeline_finds_the_same_lungs_without_a_classifier(tiny_bundle, inputs):
+    """`tbedge segment` runs this mode: same lungs and reasons as the full pipeline, no classifier
+    loaded or run, no score or triage made up."""
+    full = run(tiny_bundle, inputs, 4)
+    with Pipeline(tiny_bundle, backend="onnxruntime", batch=4, threads=1, roles=("lungs",)) as p:
+        assert set(p.runners) == {"lungs"} and set(p.self_test_deviation) == {"lungs"}
+        lungs = list(p.run(inputs))
+    for a, b in zip(full, lungs, strict=True):
+        assert (a.result.status, a.result.reason) == (b.result.status, b.result.reason)
+        if b.result.status == "ok":
+            assert b.result.lungs == a.result.lungs and np.array_equal(b.lungs.mask, a.lungs.mask)
+            assert b.result.tb_probability is None and b.result.triage is None and b.cam is None
+            assert ("lungs_implausible" in b.result.qa_flags) == b.lungs.fallback
+    with pytest.raises(ValueError, match="roles"):
+        Pipeline(tiny_bundle, roles=("classifier",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from watch_support import real_images
@@ -38,7 +39,9 @@ def test_states_follow_the_rolling_rate():
     assert c.state == "warming_up" and "3 of 4" in c.message()
     assert c.add(_res()) == "low"  # 4 cleared films: rate 0 < 0.1
     assert "set-threshold" in c.message() and "below 0.10" in c.message()
+    assert c.unsaved == 4
     assert c.add(_res("refer", qa_flags=["lungs_implausible"])) is None  # not counted: no change
+    assert c.unsaved == 4  # nothing new for the owner to save
     assert c.add(_res("refer")) == "ok"  # 1 of 5 = 0.2
     for _ in range(10):
         c.add(_res("refer"))
@@ -80,8 +83,15 @@ def _with_threshold(dest, value):
 
 
 @pytest.mark.parametrize("value, state", [(0.999999, "low"), (0.0, "high")])
-def test_watch_warns_when_the_threshold_cannot_fit(data_root, tmp_path, value, state):
+def test_watch_warns_when_the_threshold_cannot_fit(data_root, tmp_path, monkeypatch, value, state):
     bundle = _with_threshold(tmp_path / "bundle", value)
+    writes = []  # the state file is written on a change of state and at close, not per film
+
+    def spy(path, data, _real=W.atomic_write_bytes):
+        writes.append(Path(path).name)
+        return _real(path, data)
+
+    monkeypatch.setattr(W, "atomic_write_bytes", spy)
     incoming, out = tmp_path / "in", tmp_path / "out"
     incoming.mkdir()
     films = real_images(data_root, 9)
@@ -94,6 +104,7 @@ def test_watch_warns_when_the_threshold_cannot_fit(data_root, tmp_path, value, s
     results = [json.loads(p.read_text()) for p in (out / "results").rglob("*.json")]
     n = sum(counted(r) for r in results)
     assert n >= 5 and saved["films"] == n and saved["threshold"] == value
+    assert writes.count(STATE_FILE) == (1 if n == 5 else 2)  # warming_up -> state at film 5; close
     assert saved["state"] == state
     log = (out / "logs" / "watch.log").read_text()
     assert log.count("operating point:") == 1 and "tbedge set-threshold" in log

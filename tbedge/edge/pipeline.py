@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import schema
 from . import lungs as L
-from .bundle import Bundle, load_bundle, run_self_test
+from .bundle import ROLES, Bundle, load_bundle, run_self_test
 from .imaging import LoadedImage, load_image
 
 log = logging.getLogger("tbedge.pipeline")
@@ -77,7 +77,10 @@ class Pipeline:
 
     def __init__(self, bundle: str | Path | Bundle | None = None, backend: str = "auto", batch: int = 0,
                  threads: int = 0, decode_workers: int = 2, self_test: bool = True,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, roles: tuple[str, ...] = ROLES):
+        if roles not in (ROLES, ("lungs",)):
+            raise ValueError(f"roles must be {ROLES} or ('lungs',), got {roles}")
+        self.roles = roles  # ("lungs",): find the lungs only (tbedge segment); no classifier is loaded
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = resolve_backend(self.bundle, backend)
         # 0 = auto: on a small CPU batch 1 measured fastest (tbedge bench, README); GPUs want batches.
@@ -93,13 +96,13 @@ class Pipeline:
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self):
-        for role in ("lungs", "classifier"):
+        for role in self.roles:
             r = make_runner(self.bundle, role, self.backend, self.threads)
             r.activate()
             self.runners[role] = r
             self.models[role] = schema.ModelInfo(**self.bundle.model_info(role, self.backend))
         if self.self_test:
-            self.self_test_deviation = run_self_test(self.bundle, self.runners)
+            self.self_test_deviation = run_self_test(self.bundle, self.runners, self.roles)
         self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="tbedge-decode")
         return self
 
@@ -175,10 +178,13 @@ class Pipeline:
             t1 = time.perf_counter()
             try:
                 it.lungs = L.analyse(h, it.image.pixels.shape)
-                it.crop = L.classifier_input(it.image.pixels, it.lungs, self.bundle.input_size("classifier"),
-                                             self.bundle.crop_prep)
+                it.result.lungs = schema.LungsInfo(list(it.lungs.box), round(it.lungs.qa.area_fraction, 4),
+                                                   it.lungs.qa.to_dict())
                 if it.lungs.fallback:
                     it.result.qa_flags.append("lungs_implausible")
+                if "classifier" in self.runners:
+                    it.crop = L.classifier_input(it.image.pixels, it.lungs, self.bundle.input_size("classifier"),
+                                                 self.bundle.crop_prep)
             except Exception as e:  # noqa: BLE001
                 _fail(it.result, "clean_crop", e)
             it.result.timing_ms["clean_crop"] = _ms(t1)
@@ -207,8 +213,6 @@ class Pipeline:
                 r.threshold = thr
                 r.triage = schema.triage_for(probs["tb"], thr, r.qa_flags)
                 r.models = dict(self.models)
-                r.lungs = schema.LungsInfo(list(it.lungs.box), round(it.lungs.qa.area_fraction, 4),
-                                           it.lungs.qa.to_dict())
                 cams[id(it)] = cam
                 r.timing_ms["postprocess"] = _ms(t1)
         return [cams.get(id(it)) for it in items]
@@ -238,7 +242,7 @@ class Pipeline:
 
     def process_items(self, items: list[_Item]) -> Iterator[Scored]:
         self._segment(items)
-        cams = self._classify(items)
+        cams = self._classify(items) if "classifier" in self.runners else [None] * len(items)
         for item, cam in zip(items, cams, strict=True):
             r = item.result
             r.timing_ms["total"] = round(sum(v for k, v in r.timing_ms.items() if k != "total"), 3)

@@ -40,6 +40,7 @@ class ReferRateCheck:
     high: float = 0.95
     threshold: float | None = None
     recent: list[bool] = field(default_factory=list)  # True = referred, oldest first
+    unsaved: int = field(default=0, compare=False)  # films counted since the owner last saved to_dict()
 
     def __post_init__(self):
         if not 1 <= self.min_films <= self.window:
@@ -68,6 +69,7 @@ class ReferRateCheck:
             self.threshold, self.recent = result.get("threshold"), []
         self.recent.append(result["triage"] == schema.TRIAGE_REFER)
         del self.recent[:-self.window]
+        self.unsaved += 1
         after = self.state
         return after if after != before else None
 

@@ -7,12 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..schema import TbedgeInputError
+from ..schema import STATUS_OK
 from . import lungs as L
-from .bundle import load_bundle
-from .imaging import load_image
 from .outputs import relative_name, write_png
-from .pipeline import make_runner, resolve_backend
+from .pipeline import Pipeline
 from .screen import expand_inputs
 
 
@@ -32,22 +30,19 @@ def segment_overlay(img: np.ndarray, lr: L.LungResult) -> np.ndarray:
 
 def segment_files(inputs: list[str | Path], out: Path, engine: Path | None = None,
                   backend: str = "auto") -> tuple[list[Path], dict[str, int]]:
-    """Mask + overlay for each image. A file that cannot be read is skipped (never the whole run):
-    returns the files written and the count of skipped ones per reason code."""
+    """Mask + overlay for each image, through the pipeline's own lung stage (same decoding, batching,
+    self-test and per-file error handling as ``screen``; the classifier is not loaded). A file that
+    cannot be read or segmented is skipped, never the whole run: returns the files written and the
+    count of skipped ones per reason code."""
     files, roots = expand_inputs(inputs)
-    bundle = load_bundle(engine)
-    size = bundle.input_size("lungs")
     written: list[Path] = []
     skipped: dict[str, int] = {}
-    with make_runner(bundle, "lungs", resolve_backend(bundle, backend)) as runner:
-        for f in files:
-            try:
-                img = load_image(f).pixels
-            except TbedgeInputError as e:
-                skipped[e.reason] = skipped.get(e.reason, 0) + 1
+    with Pipeline(engine, backend=backend, roles=("lungs",)) as pipe:
+        for f, s in zip(files, pipe.run(files), strict=True):
+            if s.result.status != STATUS_OK:
+                skipped[s.result.reason] = skipped.get(s.result.reason, 0) + 1
                 continue
-            heat = runner.infer({"image": L.preprocess(img, size)[None]})["mask"][0, ..., 0]
-            lr = L.analyse(heat, img.shape)
+            img, lr = s.image.pixels, s.lungs
             stem = relative_name(f, roots).with_suffix("")
             write_png(out / f"{stem}_mask.png", L.mask_to_native(lr.mask, img.shape) * np.uint8(255))
             write_png(out / f"{stem}_overlay.png", segment_overlay(img, lr))

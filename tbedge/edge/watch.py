@@ -41,7 +41,7 @@ from pathlib import Path
 from .. import schema
 from ..fsio import atomic_write_bytes, fsync_dir, sha256_file
 from .journal import FINISHING_STATES, QUEUED_STATES, Journal
-from .refer_rate import STATE_FILE, ReferRateCheck, counted
+from .refer_rate import STATE_FILE, ReferRateCheck
 
 log = logging.getLogger("tbedge.watch")
 
@@ -53,6 +53,7 @@ _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 LOG_MAX_BYTES = 10 * 2**20
 LOG_BACKUPS = 10
 RETENTION_EVERY_S = 3600.0
+REFER_SAVE_EVERY = 10  # counted films between writes of operating_point.json (also on a change and at close)
 
 
 def is_temp_name(p: Path) -> bool:
@@ -290,17 +291,26 @@ class Watcher:
             log.warning("operating point: %s", self.refer.message())
 
     def _check_refer_rate(self, result: dict) -> None:
-        if self.refer is None or not counted(result):
+        if self.refer is None:
             return
         changed = self.refer.add(result)
-        try:
-            atomic_write_bytes(self.cfg.out / STATE_FILE, (json.dumps(self.refer.to_dict(), indent=1) + "\n").encode())
-        except OSError as e:  # the check must never stop scoring
-            log.warning("operating point: state file not written (%s)", type(e).__name__)
+        # Saved on a change of state, every REFER_SAVE_EVERY counted films and at close: a crash
+        # forgets at most a few films of a warning-only window, and the disk is not written per film.
+        if changed or self.refer.unsaved >= REFER_SAVE_EVERY:
+            self._save_refer_state()
         if changed in ("low", "high"):
             log.warning("operating point: %s", self.refer.message())
         elif changed == "ok":
             log.info("operating point: %s", self.refer.message())
+
+    def _save_refer_state(self) -> None:
+        if self.refer is None or not self.refer.unsaved:
+            return
+        try:
+            atomic_write_bytes(self.cfg.out / STATE_FILE, (json.dumps(self.refer.to_dict(), indent=1) + "\n").encode())
+            self.refer.unsaved = 0
+        except OSError as e:  # the check must never stop scoring
+            log.warning("operating point: state file not written (%s)", type(e).__name__)
 
     def _remove_stale_temps(self) -> None:
         """Temp files of atomic writes cut short by a crash (we hold the lock: nobody else writes here)."""
@@ -311,6 +321,7 @@ class Watcher:
                         p.unlink(missing_ok=True)
 
     def _close(self) -> None:
+        self._save_refer_state()
         if self.journal:
             self.journal.close()
         if self._lock_fd is not None:

@@ -91,3 +91,31 @@ def test_segment_writes_native_masks_and_skips_bad_files(data_root, tmp_path):
         assert set(np.unique(mask)) <= {0, 255}
         assert L.dice(mask > 0, gt) > 0.9
     assert not (tmp_path / "seg" / "broken_mask.png").exists()
+
+
+def test_lung_reports_predict_each_film_once(data_root):
+    """`tbedge evaluate lungs --by-batch`: the Shenzhen batch table reuses the val/test masks that the
+    Dice report predicted (cache by stem), with the same masks as a fresh prediction."""
+    from tbedge.train.lungs import cleaned_masks
+
+    b = load_bundle()
+    seen = []
+
+    class Model:  # the two things cleaned_masks asks of a Keras model, served by the shipped ONNX
+        input_shape = (None, 256, 256, 1)
+
+        def predict(self, x, batch_size=16, verbose=0):
+            seen.extend([hash(xi.tobytes()) for xi in x])
+            return r.infer({"image": x.astype(np.float32)})["mask"]
+
+    test = [s for s in split(discover(data_root))["test"] if s.mask is not None][:6]
+    with OnnxRuntimeRunner(b.model_path("lungs"), threads=2) as r:
+        cache: dict = {}
+        first, gts = cleaned_masks(Model(), test[:4], cache)
+        again, _ = cleaned_masks(Model(), test, cache)  # 4 cached + 2 new
+        fresh, _ = cleaned_masks(Model(), test)
+    assert len(seen) == 4 + 2 + 6 and len(cache) == 6
+    for a, c in zip(again, fresh, strict=True):
+        assert np.array_equal(a, c)
+    assert all(np.array_equal(a, f) for a, f in zip(first, again[:4], strict=True))
+    assert min(L.dice(m, g) for m, g in zip(first, gts, strict=True)) > 0.85

@@ -108,17 +108,27 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
     return state
 
 
-def evaluate_lungs(model, data: Path, exclude_site: str | None = None, seed: int = 0) -> dict:
-    """Dice/IoU of the cleaned mask per part and site, and on native-resolution masks."""
+def cleaned_masks(model, samples: list[Sample], cache: dict | None = None) -> tuple[list, list]:
+    """Cleaned predicted masks and ground-truth masks (model size) of ``samples``. ``cache`` (stem ->
+    pair), shared between reports on one model, keeps a film from being predicted twice."""
+    cache = {} if cache is None else cache
+    todo = [s for s in samples if s.stem not in cache]
+    if todo:
+        xs, ys = load_pairs(todo, model.input_shape[1])
+        for s, h, y in zip(todo, predict_heat(model, xs), ys, strict=True):
+            cache[s.stem] = (L.clean(h), y)
+    return [cache[s.stem][0] for s in samples], [cache[s.stem][1] for s in samples]
+
+
+def evaluate_lungs(model, data: Path, exclude_site: str | None = None, seed: int = 0,
+                   cache: dict | None = None) -> dict:
+    """Dice/IoU of the cleaned mask per part and site (``cache``: see :func:`cleaned_masks`)."""
     parts = lung_parts(data, exclude_site, seed)
-    size = model.input_shape[1]
     res: dict = {}
     for part in ("val", "test", "cross"):
         if part not in parts:
             continue
-        xs, ys = load_pairs(parts[part], size)
-        heat = predict_heat(model, xs)
-        cl = [L.clean(h) for h in heat]
+        cl, ys = cleaned_masks(model, parts[part], cache)
         d = np.array([L.dice(c, y) for c, y in zip(cl, ys, strict=True)])
         j = np.array([L.iou(c, y) for c, y in zip(cl, ys, strict=True)])
         sites = np.array([s.site for s in parts[part]])
@@ -199,14 +209,13 @@ def batch_table(ids, parts, misses, dices) -> dict:
     return {"batches_train_val": table, "inclusive_batches": sorted(inclusive), "test": groups}
 
 
-def shenzhen_batches(model, data: Path, seed: int = 0) -> dict:
+def shenzhen_batches(model, data: Path, seed: int = 0, cache: dict | None = None) -> dict:
     """``batch_table`` for every Shenzhen mask outside the native test, from the cleaned masks."""
     import re
 
     parts = lung_parts(data, seed=seed)
     ss = [(p, s) for p in ("train", "val", "test") for s in parts[p] if s.site == "shenzhen"]
-    xs, ys = load_pairs([s for _, s in ss], model.input_shape[1])
-    cleaned = [L.clean(h) for h in predict_heat(model, xs)]
+    cleaned, ys = cleaned_masks(model, [s for _, s in ss], cache)
     return batch_table([int(re.search(r"(\d{4})", s.stem).group(1)) for _, s in ss], [p for p, _ in ss],
                        [left_miss(c, y) for c, y in zip(cleaned, ys, strict=True)],
                        [L.dice(c, y) for c, y in zip(cleaned, ys, strict=True)])
@@ -222,12 +231,13 @@ def lungs_report(keras_path: Path, data: Path, onnx_path: Path | None = None,
     from .predict import load_keras
 
     model = load_keras(keras_path)
+    cache: dict = {}  # --by-batch reuses the val/test masks instead of predicting them again
     rep = {"model": str(keras_path), "params": int(model.count_params()),
-           "dice": evaluate_lungs(model, data, exclude_site)}
+           "dice": evaluate_lungs(model, data, exclude_site, cache=cache)}
     rep["native"] = evaluate_native(lambda x: model.predict(x, verbose=0)[..., 0], data)
     rep["native"].pop("per_image")
     if by_batch and exclude_site is None:
-        rep["shenzhen_batches"] = shenzhen_batches(model, data)
+        rep["shenzhen_batches"] = shenzhen_batches(model, data, cache=cache)
     if onnx_path:
         parts = lung_parts(data, exclude_site)
         xs, _ = load_pairs(parts["test"][:16], model.input_shape[1])

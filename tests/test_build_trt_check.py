@@ -86,3 +86,33 @@ def int8_forms(tf_keras, tmp_path_factory):
     x = np.stack([phantom(64, s) for s in range(4)])[..., None]
     rng = compute_ranges(prep, [x[:2], x[2:]])
     return {f: P.quantize(prep, rng, f, d / f"{f}.onnx") for f in P.FORMS}
+
+
+def _pow_model(exponent_type):
+    """fp16 base ** constant exponent of ``exponent_type`` (ONNX allows the two to differ)."""
+    dtype = {TensorProto.FLOAT16: np.float16, TensorProto.FLOAT: np.float32}[exponent_type]
+    g = helper.make_graph(
+        [helper.make_node("Pow", ["x", "e"], ["y"], name="pow")], "p",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])],
+        [numpy_helper.from_array(np.array(2.0, dtype), "e")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m, full_check=True)  # valid ONNX either way
+    return m
+
+
+def test_rejects_mixed_float_types_that_a_strongly_typed_network_cannot_take():
+    assert any("float16 and float32" in p for p in check(_pow_model(TensorProto.FLOAT)))
+    assert check(_pow_model(TensorProto.FLOAT16)) == []
+
+
+def test_shipped_classifier_fp16_form_has_one_type_per_op(tmp_path):
+    """The lung-core head squares lung fractions with Pow: its fp16 conversion must keep Pow in one
+    type, or the TensorRT fp16 build fails on the device (not run on a GPU here)."""
+    from tbedge.build.precision import to_fp16
+    from tbedge.edge.bundle import default_bundle_path, load_bundle
+
+    src = load_bundle(default_bundle_path().parent / "fp32").model_path("classifier")
+    m = onnx.load(str(to_fp16(src, tmp_path / "c16.onnx")))
+    assert any(n.op_type == "Pow" for n in m.graph.node)
+    assert check(m) == []

@@ -2,8 +2,10 @@
 
 TensorRT (10.x/11.x, strongly typed networks) takes int8 Q/DQ only: signed int8, zero point 0,
 per-tensor scales on activations, per-channel scales only on constant weights along the output
-channel axis, and float bias (no int32 bias DequantizeLinear). A model that breaks a rule fails
-late on the device or silently runs slower; this catches it on the build host.
+channel axis, and float bias (no int32 bias DequantizeLinear). A strongly typed network inserts no
+casts either, so the float inputs of one binary op must share a type (ONNX lets Pow's exponent
+differ, e.g. an fp32 constant against an fp16 base after a partial fp16 conversion). A model that
+breaks a rule fails late on the device or silently runs slower; this catches it on the build host.
 
 ALLOWED_OPS: what our exported models contain (U-Net: Conv, ConvTranspose, Relu, MaxPool, Concat,
 Sigmoid and the in-graph layer norm's ReduceMean/Sub/Mul/Add/Neg/Sqrt/Reciprocal/Reshape;
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper, shape_inference
 
 ALLOWED_OPS = frozenset({
     "Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum",
@@ -31,6 +33,10 @@ ALLOWED_OPS = frozenset({
     "Shape", "Gather", "Expand", "Cast", "Identity", "Constant", "Resize",
     "QuantizeLinear", "DequantizeLinear",
 })
+# Binary ops whose float inputs a strongly typed network takes only in one type.
+SAME_TYPE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"})
+FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
+               TensorProto.DOUBLE: "float64"}
 # Axis of the output channel in each op's weight input.
 WEIGHT_OUT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}
 
@@ -51,7 +57,7 @@ def check(model: str | Path | onnx.ModelProto) -> list[str]:
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    problems = []
+    problems = _mixed_float_types(m, inits)
     for n in g.node:
         where = f"{n.op_type} {n.name!r}"
         if n.op_type not in ALLOWED_OPS or n.domain not in ("", "ai.onnx"):
@@ -91,6 +97,21 @@ def check(model: str | Path | onnx.ModelProto) -> list[str]:
                 if want is None or axis != want or scale.size != x.dims[axis]:
                     problems.append(f"{where}: per-channel axis {axis} is not the output channel of "
                                     f"{c.op_type} {c.name!r}")
+    return problems
+
+
+def _mixed_float_types(m: onnx.ModelProto, consts: dict) -> list[str]:
+    """Binary ops fed two different float types (element types from ONNX shape inference)."""
+    g = shape_inference.infer_shapes(m).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    types.update({k: t.data_type for k, t in consts.items()})
+    problems = []
+    for n in g.node:
+        if n.op_type in SAME_TYPE_OPS:
+            floats = {FLOAT_TYPES[t] for t in (types.get(i) for i in n.input if i) if t in FLOAT_TYPES}
+            if len(floats) > 1:
+                problems.append(f"{n.op_type} {n.name!r}: inputs of types {' and '.join(sorted(floats))}; a "
+                                "strongly typed TensorRT network needs one (cast the constant)")
     return problems
 
 

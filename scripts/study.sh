@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -200,6 +200,15 @@ lane10b)
   mcls m_main x_main_s94 40 - 94 --mixup 0.4
   for s in 93 94; do mcls m_no_shenzhen "x_sz_s$s" 16 shenzhen "$s" --mixup 0.4; done
   mcls m_no_montgomery x_mc_s95 16 montgomery 95 --mixup 0.4
+  ;;
+lane11a)  # learning curve (no decision rides on it): the recipe on 25 % / 50 % of the training films, the same
+  # number of steps as a 40-epoch full run (160 / 80 epochs), seeds 0 and 1 (full-data comparators f_main_s0/s1)
+  mcls m_main l_main_f25_s0 160 - 0 --train-fraction 0.25
+  mcls m_main l_main_f50_s0 80 - 0 --train-fraction 0.5
+  ;;
+lane11b)
+  mcls m_main l_main_f25_s1 160 - 1 --train-fraction 0.25
+  mcls m_main l_main_f50_s1 80 - 1 --train-fraction 0.5
   ;;
 lane10c)  # the ninth-round rule (selection data only)
   python scripts/mixup_rule.py "$R/cls" "$R/crops/m_main_224.npz"

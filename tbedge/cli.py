@@ -323,6 +323,8 @@ def train_classifier(
                                        "the epochs from this fraction of --epochs on: avg_best.keras."),
     mixup: float = typer.Option(0.0, "--mixup", help="Mix training batches (images, targets, weights) with "
                                 "lam ~ Beta(A, A); 0 = off."),
+    train_fraction: float = typer.Option(1.0, "--train-fraction", help="Train on this share of the training "
+                                         "films (per site and class; a learning curve). Selection is unchanged."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -334,7 +336,8 @@ def train_classifier(
                 patience=patience, prep=prep, size=size, aug_strength=aug_strength,
                 nih_weight=nih_weight, nih_normal_weight=nih_normal_weight,
                 nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength, nih_adversary=nih_adversary,
-                lung_power=lung_power, average_from=average_from, mixup_alpha=mixup)
+                lung_power=lung_power, average_from=average_from, mixup_alpha=mixup,
+                train_fraction=train_fraction)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

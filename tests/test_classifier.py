@@ -429,3 +429,21 @@ def test_training_with_mixup_records_it_and_refuses_not_tb(tiny_crops, tmp_path)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["mixup_alpha"] == 0.4
     with pytest.raises(ValueError, match="mixup"):
         train_classifier(tiny_crops, "resnet_s", tmp_path / "x", mixup_alpha=0.4, nih_not_tb="all", **kw)
+
+
+def test_train_subset_keeps_each_site_and_class_share():
+    from tbedge.train.classifier import train_subset
+
+    site = np.array(["shenzhen"] * 40 + ["montgomery"] * 20 + ["nih"] * 12)
+    label = np.array((["normal", "tb"] * 20) + (["normal"] * 14 + ["tb"] * 6) + ["normal"] * 6 + ["other"] * 6)
+    idx = np.arange(100, 172)
+    sub = train_subset(idx, site, label, 0.25, seed=3)
+    assert set(sub) <= set(idx) and len(set(sub)) == len(sub) and np.all(np.diff(sub) > 0)
+    pos = sub - 100
+    for s, lab, n in [("shenzhen", "tb", 20), ("montgomery", "tb", 6), ("nih", "other", 6)]:
+        assert ((site[pos] == s) & (label[pos] == lab)).sum() == max(1, round(0.25 * n))
+    assert np.array_equal(sub, train_subset(idx, site, label, 0.25, seed=3))  # reproducible per seed
+    assert not np.array_equal(sub, train_subset(idx, site, label, 0.25, seed=4))
+    assert np.array_equal(train_subset(idx, site, label, 1.0, seed=0), idx)
+    with pytest.raises(ValueError, match="fraction"):
+        train_subset(idx, site, label, 0.0, seed=0)

@@ -186,6 +186,19 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
     return M.save_figure(fig, path)
 
 
+def train_subset(idx: np.ndarray, site: np.ndarray, label: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``fraction`` of the training indices, drawn per (site, label) stratum (at least one each) with
+    ``seed``, in their original order: a smaller training set with the same mix, for a learning curve."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    keep = []
+    for key in sorted({(s, lab) for s, lab in zip(site, label, strict=True)}):
+        members = np.flatnonzero((site == key[0]) & (label == key[1]))
+        keep.append(rng.choice(members, max(1, round(fraction * len(members))), replace=False))
+    return np.asarray(idx)[np.sort(np.concatenate(keep))]
+
+
 def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | Path = "runs/classifier",
                      seed: int = 0, size: int | None = None, epochs: int = 60,
                      budget_minutes: float | None = None, fold: str | None = None, batch: int = 32,
@@ -196,7 +209,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      nih_not_tb: str = "none", nih_aug_strength: float | None = None,
                      nih_adversary: float = 0.0, lung_power: float = 1.0,
                      average_from: float | None = None, mixup_alpha: float = 0.0,
-                     log: Callable[[str], None] = print) -> dict:
+                     train_fraction: float = 1.0, log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -218,6 +231,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     averaged model's selection AUC as ``avg_auc`` and keep its best as ``avg_best.keras``; the
     plain model and its selection are unchanged, so one run measures both. ``mixup_alpha`` > 0: mix each
     training batch (``augment.mixup``: images, targets and loss weights, lam ~ Beta(alpha, alpha)).
+    ``train_fraction`` < 1: train on that share of the training films only (``train_subset``, for a
+    learning curve); selection and test parts are unchanged.
     """
     import keras
 
@@ -241,6 +256,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     parts = crops.parts(fold, seed=split_seed)
     sel_name = "site_val" if fold else "val"
     tr, sel = parts["train"], parts[sel_name]
+    if train_fraction < 1.0:
+        tr = train_subset(tr, crops.site[tr], crops.label[tr], train_fraction, seed)
     xtr, ytr = raw_arrays(crops, tr, size, prep), class_index(crops.label[tr])  # augmented, then prepared
     xse, yse = crop_arrays(crops, sel, size, prep), class_index(crops.label[sel])
     extra = None
@@ -342,8 +359,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
               "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength, "nih_adversary": nih_adversary,
               "lung_power": lung_power, "average_from": average_from, "mixup_alpha": mixup_alpha,
-              "crops": str(crops_npz), "crops_meta": crops.meta, "n_train": int(len(tr)),
-              "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
+              "train_fraction": train_fraction, "crops": str(crops_npz), "crops_meta": crops.meta,
+              "n_train": int(len(tr)), "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     (out / "config.json").write_text(json.dumps(config, indent=1))
     stopped = "epochs"
     try:

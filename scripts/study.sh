@@ -203,12 +203,13 @@ lane10b)
   ;;
 lane11a)  # learning curve (no decision rides on it): the recipe on 25 % / 50 % of the training films, the same
   # number of steps as a 40-epoch full run (160 / 80 epochs), seeds 0 and 1 (full-data comparators f_main_s0/s1)
-  mcls m_main l_main_f25_s0 160 - 0 --train-fraction 0.25
-  mcls m_main l_main_f50_s0 80 - 0 --train-fraction 0.5
+  # patience scaled with the steps too (the recipe's 12 epochs at full data), or the runs stop before the rate anneals
+  mcls m_main l_main_f25_s0 160 - 0 --train-fraction 0.25 --patience 48
+  mcls m_main l_main_f50_s0 80 - 0 --train-fraction 0.5 --patience 24
   ;;
 lane11b)
-  mcls m_main l_main_f25_s1 160 - 1 --train-fraction 0.25
-  mcls m_main l_main_f50_s1 80 - 1 --train-fraction 0.5
+  mcls m_main l_main_f25_s1 160 - 1 --train-fraction 0.25 --patience 48
+  mcls m_main l_main_f50_s1 80 - 1 --train-fraction 0.5 --patience 24
   ;;
 lane10c)  # the ninth-round rule (selection data only)
   python scripts/mixup_rule.py "$R/cls" "$R/crops/m_main_224.npz"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -210,6 +210,16 @@ lane11a)  # learning curve (no decision rides on it): the recipe on 25 % / 50 % 
 lane11b)
   mcls m_main l_main_f25_s1 160 - 1 --train-fraction 0.25 --patience 48
   mcls m_main l_main_f50_s1 80 - 1 --train-fraction 0.5 --patience 24
+  ;;
+lane11c)  # 75 % (53 epochs, patience 16); run as lane11c 0 and lane11c 1 side by side
+  mcls m_main "l_main_f75_s$2" 53 - "$2" --train-fraction 0.75 --patience 16
+  ;;
+lane11d)  # after lane11a-c: internal test of every learning-curve run and the CPU recipe runs, then the table
+  for r in l_main_f25_s0 l_main_f25_s1 l_main_f50_s0 l_main_f50_s1 l_main_f75_s0 l_main_f75_s1 \
+           lp12_main_f25_s0 lp12_main_f25_s1 lp12_main_f50_s0 lp12_main_f50_s1 f_main_s0 f_main_s1 w_main_s80 w_main_s81; do
+    ev "$r" m_main test
+  done
+  python scripts/learning_curve.py "$R/cls"
   ;;
 lane10c)  # the ninth-round rule (selection data only)
   python scripts/mixup_rule.py "$R/cls" "$R/crops/m_main_224.npz"

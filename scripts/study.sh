@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d|lane11e SEED|lane11f   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -213,6 +213,17 @@ lane11b)
   ;;
 lane11c)  # 75 % (53 epochs, patience 16); run as lane11c 0 and lane11c 1 side by side
   mcls m_main "l_main_f75_s$2" 53 - "$2" --train-fraction 0.75 --patience 16
+  ;;
+lane11e)  # the same curve across sites, Shenzhen (+ NIH) -> Montgomery: 25 % / 50 % of the fold's training films,
+  # equal steps to the 16-epoch fold recipe, patience scaled (48 / 24); run as lane11e 0 and lane11e 1 side by side
+  mcls m_no_montgomery "l_mc_f25_s$2" 64 montgomery "$2" --train-fraction 0.25 --patience 48
+  mcls m_no_montgomery "l_mc_f50_s$2" 32 montgomery "$2" --train-fraction 0.5 --patience 24
+  ;;
+lane11f)  # after lane11e: site_test of the fold curve and of the recipe's CPU fold runs
+  for r in l_mc_f25_s0 l_mc_f25_s1 l_mc_f50_s0 l_mc_f50_s1 m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2 w_mc_s80 w_mc_s81 w_mc_s82; do
+    ev "$r" m_no_montgomery site_test montgomery
+  done
+  python scripts/learning_curve.py "$R/cls" montgomery
   ;;
 lane11d)  # after lane11a-c: internal test of every learning-curve run and the CPU recipe runs, then the table
   for r in l_main_f25_s0 l_main_f25_s1 l_main_f50_s0 l_main_f50_s1 l_main_f75_s0 l_main_f75_s1 \

@@ -231,7 +231,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     averaged model's selection AUC as ``avg_auc`` and keep its best as ``avg_best.keras``; the
     plain model and its selection are unchanged, so one run measures both. ``mixup_alpha`` > 0: mix each
     training batch (``augment.mixup``: images, targets and loss weights, lam ~ Beta(alpha, alpha)).
-    ``train_fraction`` < 1: train on that share of the training films only (``train_subset``, for a
+    ``train_fraction`` in (0, 1): train on that share of the training films only (``train_subset``, for a
     learning curve); selection and test parts are unchanged.
     """
     import keras
@@ -256,7 +256,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     parts = crops.parts(fold, seed=split_seed)
     sel_name = "site_val" if fold else "val"
     tr, sel = parts["train"], parts[sel_name]
-    if train_fraction < 1.0:
+    if train_fraction != 1.0:  # train_subset refuses a share outside (0, 1]
         tr = train_subset(tr, crops.site[tr], crops.label[tr], train_fraction, seed)
     xtr, ytr = raw_arrays(crops, tr, size, prep), class_index(crops.label[tr])  # augmented, then prepared
     xse, yse = crop_arrays(crops, sel, size, prep), class_index(crops.label[sel])

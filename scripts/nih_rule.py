@@ -17,16 +17,18 @@ from tbedge.train.metrics import roc_auc, sens_spec
 from tbedge.train.threshold import lock_threshold, read_predictions
 
 SEEDS = (90, 91, 92)
+CANDIDATE = tuple(f"n_main_s{s}" for s in SEEDS)
 RECIPE = ("f_main_s0", "f_main_s1", "g_main_s5", "w_main_s80", "w_main_s81")
 RECIPE_THRESHOLD = 0.035259  # shipped: the session-6 power-2 fold models' lock
-
-
-CANDIDATE = tuple(f"n_main_s{s}" for s in SEEDS)
-
 
 def fold_predictions(root: Path) -> dict[str, list[Path]]:
     """The fresh fold models' site_val predictions, per held-out direction (mc: Shenzhen -> Montgomery)."""
     return {d: [root / f"n_{d}_s{s}" / "eval_site_val" / "predictions.csv" for s in SEEDS] for d in ("mc", "sz")}
+
+
+def candidate_threshold(folds: dict[str, list[Path]]) -> float:
+    """T_n: the shipped locking rule on all six fresh fold models' site_val predictions."""
+    return lock_threshold(folds["mc"] + folds["sz"])["value"]
 
 
 def val_cam(run: Path, crops) -> float:
@@ -37,7 +39,7 @@ def main(root, crops):
     root = Path(root)
     cand = CANDIDATE
     folds = fold_predictions(root)
-    t = lock_threshold(folds["mc"] + folds["sz"])["value"]
+    t = candidate_threshold(folds)
     one_way = {d: lock_threshold(f)["value"] for d, f in folds.items()}
     cf = [val_figures(root / r / "eval_val" / "predictions.csv", t) for r in cand]
     rf = [val_figures(root / r / "eval_val" / "predictions.csv", RECIPE_THRESHOLD) for r in RECIPE]
@@ -82,7 +84,7 @@ def report_test(root):
     """After the decision: each arm's internal test at its own threshold, the candidate folds' site_test."""
     root = Path(root)
     folds = fold_predictions(root)
-    t = lock_threshold(folds["mc"] + folds["sz"])["value"]
+    t = candidate_threshold(folds)
     for arm, runs, thr in (("candidate", CANDIDATE, t), ("recipe", RECIPE, RECIPE_THRESHOLD)):
         for r in runs:
             f = val_figures(root / r / "eval_test" / "predictions.csv", thr)

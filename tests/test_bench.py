@@ -23,10 +23,10 @@ ORDER = ("min", "median", "p90", "p95", "p99", "max")
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory, tf_keras):
     """Tiny ONNX bundle + the same two tiny models as Keras files for the baseline."""
-    from tiny_bundle import build_tiny_bundle
+    from tiny_bundle import build_tiny_bundle, tiny_keras_dir
 
     bundle = build_tiny_bundle(tmp_path_factory.mktemp("bench") / "bundle")
-    return bundle, bundle.parent / "bundle-keras"
+    return bundle, tiny_keras_dir(bundle)
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,19 @@ def save_tiny_keras(out: str | Path) -> Path:
     return out
 
 
+def tiny_keras_dir(bundle: str | Path) -> Path:
+    """Where :func:`build_tiny_bundle` keeps the bundle's two Keras models (beside it)."""
+    bundle = Path(bundle)
+    return bundle.parent / f"{bundle.name}-keras"
+
+
 def build_tiny_bundle(out: str | Path, threshold: float = 0.34) -> Path:
-    """Build the bundle into ``out`` (needs TensorFlow; ~10 s); its Keras models stay in ``<out>-keras``.
+    """Build the bundle into ``out`` (needs TensorFlow; ~10 s); its Keras models stay in ``tiny_keras_dir(out)``.
     Parity runs on synthetic phantoms, so no data folder is needed. Returns ``out``."""
     from tbedge.build.bundle_writer import build_bundle
 
     out = Path(out)
-    kd = save_tiny_keras(out.parent / f"{out.name}-keras")
+    kd = save_tiny_keras(tiny_keras_dir(out))
     build_bundle(kd / "lungs.keras", kd / "classifier.keras", out, "fp32", "cpu",
                  threshold={"value": threshold, "chosen_on": "none (test bundle)"},
                  name="tiny-test-bundle", version="0.0-test")

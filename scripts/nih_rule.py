@@ -21,6 +21,7 @@ CANDIDATE = tuple(f"n_main_s{s}" for s in SEEDS)
 RECIPE = ("f_main_s0", "f_main_s1", "g_main_s5", "w_main_s80", "w_main_s81")
 RECIPE_THRESHOLD = 0.035259  # shipped: the session-6 power-2 fold models' lock
 
+
 def fold_predictions(root: Path) -> dict[str, list[Path]]:
     """The fresh fold models' site_val predictions, per held-out direction (mc: Shenzhen -> Montgomery)."""
     return {d: [root / f"n_{d}_s{s}" / "eval_site_val" / "predictions.csv" for s in SEEDS] for d in ("mc", "sz")}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d|lane11e SEED|lane11f   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d|lane11e SEED|lane11f|lane12a|lane12b|lane12c|lane12d   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -231,6 +231,24 @@ lane11d)  # after lane11a-c: internal test of every learning-curve run and the C
     ev "$r" m_main test
   done
   python scripts/learning_curve.py "$R/cls"
+  ;;
+lane12a)  # eleventh round: the lung-core head trained from the start (--lung-power 2), rule in docs/selection-rules.md;
+  # lane12a and lane12b side by side (internal seeds 60, 61 ran in the sixth round as lp2_main_s60/s61)
+  for s in 62 63; do mcls m_main "lp2_main_s$s" 40 - "$s" --lung-power 2; done
+  mcls m_no_montgomery lp2_mc_s62 16 montgomery 62 --lung-power 2; mcls m_no_shenzhen lp2_sz_s62 16 shenzhen 62 --lung-power 2
+  mcls m_no_montgomery lp2_mc_s64 16 montgomery 64 --lung-power 2
+  ;;
+lane12b)
+  for s in 64 65; do mcls m_main "lp2_main_s$s" 40 - "$s" --lung-power 2; done
+  mcls m_no_montgomery lp2_mc_s63 16 montgomery 63 --lung-power 2; mcls m_no_shenzhen lp2_sz_s63 16 shenzhen 63 --lung-power 2
+  mcls m_no_shenzhen lp2_sz_s64 16 shenzhen 64 --lung-power 2
+  ;;
+lane12c)  # the eleventh-round rule (selection data only)
+  EV=$R/ship10
+  p2() { [ -f "$EV/$1/best.keras" ] || python scripts/lung_power.py "$R/cls/$1" "$EV/$1" 2; }
+  for r in m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2 w_mc_s80 w_mc_s81 w_mc_s82; do p2 "$r"; ev "$r" m_no_montgomery site_val montgomery; done
+  for r in f_sz_s0 f_sz_s1 f_sz_s2 w_sz_s80 w_sz_s81 w_sz_s82; do p2 "$r"; ev "$r" m_no_shenzhen site_val shenzhen; done
+  python scripts/lp2_rule.py "$R/cls" "$EV" "$R/crops/m_main_224.npz"
   ;;
 lane10c)  # the ninth-round rule (selection data only)
   python scripts/mixup_rule.py "$R/cls" "$R/crops/m_main_224.npz"

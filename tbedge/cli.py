@@ -111,7 +111,8 @@ def watch(
     backend: str = BACKEND,
     batch: int = BATCH,
     threads: int = THREADS,
-    once: bool = typer.Option(False, "--once", help="Process what is there, then exit (for cron)."),
+    once: bool = typer.Option(False, "--once", help="Process what is there, then exit (for cron); exit 75 on a "
+                              "full disk or on steps that keep failing (the next run goes on)."),
     stable_seconds: float = typer.Option(2.0, "--stable-seconds", help="A file counts when unchanged this long."),
     rescan_seconds: float = typer.Option(30.0, "--rescan-seconds", help="Full rescan period (shares drop events)."),
     retention_days: int = typer.Option(30, "--retention-days", help="Keep processed inputs N days (0 = forever)."),

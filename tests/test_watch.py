@@ -222,6 +222,39 @@ def test_disk_full_pauses_and_resumes(data_root, pipe, tmp_path, monkeypatch, ca
     assert fails["n"] == 0
 
 
+@pytest.mark.parametrize("fault", ["unreadable_incoming", "disk_full"])
+def test_once_gives_up_on_a_lasting_fault_and_the_next_run_goes_on(data_root, pipe, tmp_path, monkeypatch, caplog,
+                                                                    fault):
+    """A cron run (--once) must end even when every step fails or the disk stays full: it exits
+    EX_TEMPFAIL, writes nothing half, and the next run scores every film exactly once."""
+    incoming, out = tmp_path / "in", tmp_path / "out"
+    plan, reasons = _populate(data_root, incoming, n=4, dups=1, bad=1, seed=17)
+    caplog.set_level(logging.INFO, logger="tbedge")
+    if fault == "unreadable_incoming":
+        def denied(self, now):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(W.Watcher, "_scan", denied)
+        kw = dict(retry_seconds=0.01, once_failed_steps=3)
+    else:
+        kw = dict(min_free_mb=1e12)
+    t0 = time.monotonic()
+    assert W.Watcher(_cfg(incoming, out, None, **kw), pipeline=pipe).run() == W.EX_TEMPFAIL
+    assert time.monotonic() - t0 < 30
+    assert not (out / "results").exists() or not list((out / "results").iterdir())
+    assert len([p for p in incoming.rglob("*") if p.is_file()]) == len(plan)  # nothing moved or lost
+    gave_up = [r.message for r in caplog.records if r.message.startswith("--once:")]
+    assert len(gave_up) == 1 and ("3 steps in a row failed" if fault != "disk_full" else "paused") in gave_up[0]
+    monkeypatch.undo()
+    assert W.Watcher(_cfg(incoming, out, None), pipeline=pipe).run() == 0
+    check_outcome(incoming, out, plan, reasons)
+
+
+def test_once_failed_steps_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="once_failed_steps"):
+        _cfg(tmp_path / "in", tmp_path / "out", None, once_failed_steps=0)
+
+
 def test_index_recovery_cuts_partial_line_and_never_duplicates(tmp_path):
     out = tmp_path
     idx = W.ResultsIndex(out)

@@ -53,6 +53,7 @@ _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 LOG_MAX_BYTES = 10 * 2**20
 LOG_BACKUPS = 10
 RETENTION_EVERY_S = 3600.0
+EX_TEMPFAIL = 75  # sysexits.h: "try again later"; what a --once run that gave up returns
 REFER_SAVE_EVERY = 10  # counted films between writes of operating_point.json (also on a change and at close)
 
 
@@ -193,6 +194,8 @@ class WatchConfig:
     dicom_out: bool = True
     use_events: bool = True
     pause_retry_seconds: float = 10.0  # while paused for space: how often to check again
+    retry_seconds: float = 5.0  # after a failed step: how long to wait before the next
+    once_failed_steps: int = 3  # with ``once``: this many failed steps in a row end the run (EX_TEMPFAIL)
     refer_window: int = 200  # referral-rate check over this many films (0 = off); refer_rate.py says why
     refer_min_films: int = 50
     refer_low: float = 0.05
@@ -205,6 +208,8 @@ class WatchConfig:
         self.archive_dir = Path(self.archive_dir) if self.archive_dir else None
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if self.once_failed_steps < 1:
+            raise ValueError("once_failed_steps must be >= 1")
         if self.refer_window > 0:  # fail at start, not at the first film
             ReferRateCheck(self.refer_window, self.refer_min_films, self.refer_low, self.refer_high)
 
@@ -668,16 +673,30 @@ class Watcher:
             if rows:
                 self._process_batch(rows)
             self._resume()
+            self.failed_steps = 0
             return bool(rows)
         except Exception as e:  # noqa: BLE001 - the service outlives any one failure
             if _is_disk_full(e):
                 self._pause(f"no space left writing results ({type(e).__name__})")
             else:
+                self.failed_steps += 1
                 # Type and errno only: exception texts carry file names, which can hold patient names.
-                log.error("step failed (%s errno=%s); retrying in 5 s", type(e).__name__,
-                          getattr(e, "errno", None))
-                self.stop.wait(5.0)
+                log.error("step failed (%s errno=%s); retrying in %g s", type(e).__name__,
+                          getattr(e, "errno", None), self.cfg.retry_seconds)
+                self.stop.wait(self.cfg.retry_seconds)
         return False
+
+    failed_steps = 0  # failed steps in a row
+
+    def _once_gives_up(self) -> str | None:
+        """With ``once`` (cron), why this run should end now rather than wait: a service waits out a full
+        disk or a failure that repeats, a cron run that never ends would pile up behind the lock. Nothing
+        is lost either way: the journal keeps every unfinished step for the next run."""
+        if self.paused:
+            return "intake is paused (results filesystem full)"
+        if self.failed_steps >= self.cfg.once_failed_steps:
+            return f"{self.failed_steps} steps in a row failed"
+        return None
 
     _last_scan = -1e18
 
@@ -707,7 +726,12 @@ class Watcher:
             tick = max(0.05, min(self.cfg.stable_seconds / 2, self.cfg.rescan_seconds, 1.0))
             while not self.stop.is_set():
                 worked = self._step()
-                if self.cfg.once and not worked and not self.paused and self._idle():
+                if self.cfg.once and (why := self._once_gives_up()):
+                    log.error("--once: %s; exiting with %d, the next run goes on from the journal", why,
+                              EX_TEMPFAIL)
+                    return EX_TEMPFAIL
+                # Done only after a step that succeeded: a failed scan also finds nothing to do.
+                if self.cfg.once and not worked and not self.failed_steps and self._idle():
                     break
                 if not worked:
                     self.wake.wait(tick if not self.paused else max(tick, self.cfg.pause_retry_seconds))
@@ -745,7 +769,8 @@ def watch(incoming: str | Path, out: str | Path, engine: str | Path | None = Non
           refer_range: tuple[float, float] = (0.05, 0.95)) -> int:
     """Run the folder service until SIGTERM/SIGINT (or, with ``once``, until INCOMING is empty).
 
-    Returns the exit code (0 after a clean stop). SIGTERM and SIGINT finish the current batch first.
+    Returns the exit code: 0 after a clean stop; with ``once``, EX_TEMPFAIL (75) when the run gave up on a
+    full disk or on steps that kept failing. SIGTERM and SIGINT finish the current batch first.
     """
     cfg = WatchConfig(incoming=Path(incoming), out=Path(out), engine=Path(engine) if engine else None,
                       backend=backend, batch=batch, threads=threads, once=once, stable_seconds=stable_seconds,

@@ -248,7 +248,14 @@ lane12c)  # the eleventh-round rule (selection data only)
   p2() { [ -f "$EV/$1/best.keras" ] || python scripts/lung_power.py "$R/cls/$1" "$EV/$1" 2; }
   for r in m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2 w_mc_s80 w_mc_s81 w_mc_s82; do p2 "$r"; ev "$r" m_no_montgomery site_val montgomery; done
   for r in f_sz_s0 f_sz_s1 f_sz_s2 w_sz_s80 w_sz_s81 w_sz_s82; do p2 "$r"; ev "$r" m_no_shenzhen site_val shenzhen; done
+  for s in 60 61 62 63 64 65; do EV=$R/cls ev "lp2_main_s$s" m_main val; done
   python scripts/lp2_rule.py "$R/cls" "$EV" "$R/crops/m_main_224.npz"
+  ;;
+lane12d)  # after the eleventh-round decision, whatever it was: internal test and the test heat-map check of the
+  # six internal runs, site_test of the fold runs (all with the power-2 head they were trained with)
+  for s in 60 61 62 63 64 65; do ev "lp2_main_s$s" m_main test
+    python scripts/cam_hit_keras.py "$R/cls/lp2_main_s$s/best.keras" "$R/crops/m_main_224.npz" test; done
+  for s in 62 63 64; do ev "lp2_mc_s$s" m_no_montgomery site_test montgomery; ev "lp2_sz_s$s" m_no_shenzhen site_test shenzhen; done
   ;;
 lane10c)  # the ninth-round rule (selection data only)
   python scripts/mixup_rule.py "$R/cls" "$R/crops/m_main_224.npz"

@@ -84,6 +84,8 @@ def screen(
     overlays: Path = typer.Option(None, "--overlays", help="Write overlay PNGs (lungs, heat map, score) here."),
     masks: Path = typer.Option(None, "--masks", help="Write lung masks at input resolution here."),
     dicom_out: Path = typer.Option(None, "--dicom-out", help="For DICOM inputs: Secondary Capture + SR here."),
+    resume: bool = typer.Option(False, "--resume", help="Go on from an interrupted run's OUTPUT.partial: keep its "
+                                "results, score only the inputs it lacks."),
 ):
     """Score chest X-rays (PNG, JPEG, DICOM).
 
@@ -95,8 +97,10 @@ def screen(
     files, _ = expand_inputs(paths)
     prog, tick = _progress(len(files), "screening")
     with prog:
-        s = run_screen(paths, output, engine, backend, batch, threads, overlays, masks, dicom_out, tick)
-    print(f"{s.total} inputs -> {output}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
+        s = run_screen(paths, output, engine, backend, batch, threads, overlays, masks, dicom_out, tick,
+                       resume=resume)
+    print(f"{s.total} inputs -> {output}" + (f" ({s.resumed} kept from the interrupted run)" if s.resumed else "")
+          + ": " + ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
           + ("; triage " + ", ".join(f"{k} {v}" for k, v in sorted(s.triage.items())) if s.triage else "")
           + ("; reasons " + ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items())) if s.reasons else ""))
     if s.refer.state in ("low", "high"):
@@ -431,7 +435,7 @@ def evaluate_cam(
     print(json.dumps(cam_hit_rate(data, engine, part), indent=1))
 
 
-USER_ERRORS: tuple = (FileNotFoundError, NotADirectoryError, PermissionError, UserError)
+USER_ERRORS: tuple = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, UserError)
 
 
 def _user_errors() -> tuple:

@@ -43,6 +43,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
+def try_lock(path: str | Path) -> int | None:
+    """An exclusive advisory lock on ``path`` (created if missing, never truncated): the open fd that
+    holds it, or None when another process does. Closing the fd releases it, as does process death."""
+    import fcntl  # POSIX only, like every host this runs on
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -5,15 +5,19 @@ Every file is written atomically (temp file, fsync, rename): a crash never leave
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..fsio import atomic_write_bytes
+from ..fsio import atomic_write_bytes, try_lock
 from . import lungs as L
 from .pipeline import Scored
+
+log = logging.getLogger("tbedge.outputs")
 
 OVERLAY_MAX_SIDE = 2048
 
@@ -101,14 +105,42 @@ def relative_name(path: Path, roots: list[Path]) -> Path:
 
 class JsonlWriter:
     """One complete JSON line per input, flushed and fsynced per line; the file appears under
-    its final name only when complete (``.partial`` until then)."""
+    its final name only when complete (``.partial`` until then).
 
-    def __init__(self, path: str | Path):
+    A run that stops early (an exception, Ctrl-C; SIGKILL too) leaves its lines in ``.partial``.
+    A new writer refuses to overwrite them unless ``resume``: then it keeps them (``prior``, parsed;
+    a line torn by a kill is cut off) and appends after them. The ``.partial`` is locked while
+    written, so a second run on the same output is refused, not interleaved."""
+
+    def __init__(self, path: str | Path, resume: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(self.path.name + ".partial")
-        self.f = open(self.tmp, "w")  # noqa: SIM115 - closed in close()
+        self.prior: list[dict] = []
         self.count = 0
+        left = self.tmp.exists() and self.tmp.stat().st_size > 0
+        fd = try_lock(self.tmp)
+        if fd is None:
+            raise FileExistsError(f"another tbedge screen is writing {self.tmp}")
+        try:
+            if left and not resume:
+                raise FileExistsError(f"an interrupted run left {self.tmp}: pass --resume to go on from it, "
+                                      "or delete it")
+            keep = b""
+            if left:
+                with open(fd, "rb", closefd=False) as f:
+                    data = f.read()
+                keep = data[:data.rfind(b"\n") + 1]  # complete lines only
+                try:
+                    self.prior = [json.loads(line) for line in keep.splitlines()]
+                except json.JSONDecodeError:
+                    raise FileExistsError(f"{self.tmp} is not a results file of this tool; move it away") from None
+            os.truncate(fd, len(keep))
+            os.lseek(fd, 0, os.SEEK_END)
+            self.f = open(fd, "w")  # noqa: SIM115 - closed in close(); holds the lock until then
+        except BaseException:
+            os.close(fd)
+            raise
 
     def write(self, line: str) -> None:
         self.f.write(line + "\n")
@@ -117,12 +149,20 @@ class JsonlWriter:
         self.count += 1
 
     def close(self) -> None:
+        os.replace(self.tmp, self.path)  # before close: the lock is held until the file has its name
         self.f.close()
-        os.replace(self.tmp, self.path)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+            return False
+        self.f.close()
+        if self.count or self.prior:
+            log.warning("stopped early: %d results kept in %s; run again with --resume to go on",
+                        self.count + len(self.prior), self.tmp)
+        else:
+            self.tmp.unlink(missing_ok=True)  # nothing to keep: do not block the next run
         return False

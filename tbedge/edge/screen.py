@@ -54,6 +54,15 @@ class ScreenSummary:
     triage: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
     refer: ReferRateCheck = field(default_factory=ReferRateCheck)  # over the films the threshold decided
+    resumed: int = 0  # results kept from an interrupted run (--resume), not scored again
+
+    def add(self, r: dict) -> None:
+        self.status[r["status"]] += 1
+        if r.get("triage"):
+            self.triage[r["triage"]] += 1
+        if r.get("reason"):
+            self.reasons[r["reason"]] += 1
+        self.refer.add(r)
 
 
 def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None, dicom_out: Path | None) -> None:
@@ -72,25 +81,32 @@ def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None, dicom_
 
 def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, backend: str = "auto",
            batch: int = 0, threads: int = 0, overlays: Path | None = None, masks: Path | None = None,
-           dicom_out: Path | None = None, progress=None, refer_min_films: int = 50) -> ScreenSummary:
+           dicom_out: Path | None = None, progress=None, refer_min_films: int = 50,
+           resume: bool = False) -> ScreenSummary:
+    """Score ``inputs`` into ``output``. With ``resume``, an interrupted run's results (``output``.partial)
+    are kept and their inputs (by the path as given) are not scored again."""
     files, roots = expand_inputs(inputs)
     if not files:
         raise FileNotFoundError("no input files found")
     summary = ScreenSummary(total=len(files), refer=ReferRateCheck(window=max(len(files), refer_min_films),
                                                                    min_films=refer_min_films))
-    with Pipeline(engine, backend=backend, batch=batch, threads=threads) as pipe, JsonlWriter(output) as out:
-        for s in pipe.run(files):
+    # The writer first: a stale .partial is refused before any model loads.
+    with JsonlWriter(output, resume=resume) as out, \
+            Pipeline(engine, backend=backend, batch=batch, threads=threads) as pipe:
+        done = {r["input"] for r in out.prior}
+        for r in out.prior:
+            summary.add(r)
+        summary.resumed = sum(str(f) in done for f in files)
+        for _ in range(summary.resumed):
+            if progress:
+                progress(None)
+        for s in pipe.run([f for f in files if str(f) not in done]):
             try:
                 write_extras(s, relative_name(Path(s.result.input), roots), overlays, masks, dicom_out)
             except Exception as e:  # noqa: BLE001 - an output failure must not lose the score
                 log.warning("writing extras failed: %s", type(e).__name__)
             out.write(s.result.to_json())
-            summary.status[s.result.status] += 1
-            if s.result.triage:
-                summary.triage[s.result.triage] += 1
-            if s.result.reason:
-                summary.reasons[s.result.reason] += 1
-            summary.refer.add(s.result.to_dict())
+            summary.add(s.result.to_dict())
             if progress:
                 progress(s)
     return summary

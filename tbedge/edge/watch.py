@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import schema
-from ..fsio import atomic_write_bytes, fsync_dir, sha256_file
+from ..fsio import atomic_write_bytes, fsync_dir, sha256_file, try_lock
 from .journal import FINISHING_STATES, QUEUED_STATES, Journal
 from .refer_rate import STATE_FILE, ReferRateCheck
 
@@ -261,15 +261,9 @@ class Watcher:
 
     # -- setup ------------------------------------------------------------------------------------------
     def _acquire_lock(self) -> None:
-        import fcntl
-
-        self._lock_fd = os.open(self.cfg.out / ".watch.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise RuntimeError(f"another tbedge watch is already using {self.cfg.out}") from e
+        self._lock_fd = try_lock(self.cfg.out / ".watch.lock")
+        if self._lock_fd is None:
+            raise RuntimeError(f"another tbedge watch is already using {self.cfg.out}")
 
     def _open(self) -> None:
         for d in (self.cfg.out, self.results_dir, self.quarantine_dir, self.cfg.processed_dir):

@@ -1,0 +1,89 @@
+"""tbedge screen stopped early, then resumed: the results file never looks complete when it is not, an
+interrupted run's results are never overwritten, and --resume scores only the inputs they lack (real films)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from watch_support import real_images, validate_result
+
+from tbedge.edge.bundle import BundleError
+from tbedge.edge.outputs import JsonlWriter
+from tbedge.edge.screen import screen
+
+
+def _inputs(data_root, tmp_path, n: int):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i, p in enumerate(real_images(data_root, n, seed=41)):
+        (inp / f"{i}{p.suffix}").write_bytes(p.read_bytes())
+    (inp / "empty.png").write_bytes(b"")
+    return inp
+
+
+def test_interrupted_screen_keeps_its_results_and_resume_finishes(data_root, tiny_bundle, tmp_path):
+    inp = _inputs(data_root, tmp_path, 6)
+    out, partial = tmp_path / "r.jsonl", tmp_path / "r.jsonl.partial"
+    kw = dict(engine=tiny_bundle, backend="onnxruntime", batch=2, threads=1)
+    seen = []
+
+    def ctrl_c_after_three(s):
+        seen.append(s)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        screen([inp], out, progress=ctrl_c_after_three, **kw)
+    assert not out.exists()  # never under the final name while incomplete
+    kept = partial.read_text().splitlines()
+    assert len(kept) == 3
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        screen([inp], out, **kw)
+    assert partial.read_text().splitlines() == kept
+
+    with partial.open("a") as f:  # a kill in the middle of a line
+        f.write('{"input": "tor')
+    calls = []
+    summary = screen([inp], out, progress=calls.append, resume=True, **kw)
+    lines = out.read_text().splitlines()
+    assert not partial.exists() and lines[:3] == kept
+    results = [json.loads(line) for line in lines]
+    for r in results:
+        validate_result(r)
+    assert sorted(r["input"] for r in results) == sorted(str(p) for p in inp.iterdir())  # once each
+    assert summary.resumed == 3 and sum(c is not None for c in calls) == 4 and len(calls) == 7
+    assert sum(summary.status.values()) == 7 and summary.status["rejected"] == 1
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(data_root, tiny_bundle, tmp_path):
+    inp = _inputs(data_root, tmp_path, 1)
+    out = tmp_path / "r.jsonl"
+    with JsonlWriter(out) as first:
+        first.write('{"input": "x.png"}')
+        for resume in (False, True):
+            with pytest.raises(FileExistsError, match="another tbedge screen is writing"):
+                screen([inp], out, engine=tiny_bundle, backend="onnxruntime", threads=1, resume=resume)
+    assert out.read_text() == '{"input": "x.png"}\n'
+
+
+def test_a_run_that_fails_before_any_result_leaves_nothing_behind(data_root, tmp_path):
+    inp = _inputs(data_root, tmp_path, 1)
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(BundleError):
+        screen([inp], out, engine=tmp_path, backend="onnxruntime")
+    assert not out.exists() and not (tmp_path / "r.jsonl.partial").exists()
+
+
+def test_cli_refuses_to_overwrite_an_interrupted_run(tmp_path):
+    partial = tmp_path / "r.jsonl.partial"
+    partial.write_text('{"input": "a.png"}\n')
+    (tmp_path / "a.png").write_bytes(b"")
+    r = subprocess.run([sys.executable, "-m", "tbedge", "screen", str(tmp_path), "--output", str(tmp_path / "r.jsonl")],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and "Traceback" not in r.stdout + r.stderr
+    assert "--resume" in r.stdout + r.stderr
+    assert partial.read_text() == '{"input": "a.png"}\n'

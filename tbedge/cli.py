@@ -392,7 +392,9 @@ def evaluate_lungs(
     rep = lungs_report(model, data, onnx, exclude_site, by_batch=by_batch)
     text = json.dumps(rep, indent=1)
     if output:
-        output.write_text(text)
+        from .fsio import atomic_write_text
+
+        atomic_write_text(output, text)
     print(text)
 
 

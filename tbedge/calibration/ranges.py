@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fsio import atomic_write_text
+
 TABLE_FORMAT = "tbedge-calibration-table/1"
 METHOD = "MinMax"
 # Bounds the calibrator's memory: it keeps every intermediate tensor of this many batches.
@@ -86,5 +88,5 @@ def read_table(path: str | Path) -> dict:
 
 def write_ort_cache(ranges: dict, path: str | Path) -> Path:
     """One model's ranges as the JSON cache quantize_static reads (calibration_cache_path)."""
-    Path(path).write_text(json.dumps({**ranges, "smooth_quant": False}))
+    atomic_write_text(path, json.dumps({**ranges, "smooth_quant": False}))
     return Path(path)

@@ -361,7 +361,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "lung_power": lung_power, "average_from": average_from, "mixup_alpha": mixup_alpha,
               "train_fraction": train_fraction, "crops": str(crops_npz), "crops_meta": crops.meta,
               "n_train": int(len(tr)), "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
-    (out / "config.json").write_text(json.dumps(config, indent=1))
+    atomic_write_text(out / "config.json", json.dumps(config, indent=1))
     stopped = "epochs"
     try:
         state = run_epochs(model, out, epochs, batches, steps, evaluate, "sel_auc", patience, log,
@@ -383,7 +383,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     top = best_averaged(state["history"])
     if top is not None:
         result.update(avg_best_epoch=top["epoch"], avg_best_sel_auc=top["avg_auc"])
-    (out / "result.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1))
     return state
 
 

@@ -66,7 +66,7 @@ def run_epochs(model, out: Path, epochs: int, batches: Callable[[int], Iterator[
             save_model(model, last)
             state["epoch"] = epoch
             atomic_write_text(state_path, json.dumps(state, indent=1))
-            with open(out / "log.csv", "w", newline="") as f:
+            with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(state["history"][0]))
                 w.writeheader()
                 w.writerows(state["history"])

@@ -11,6 +11,7 @@ import numpy as np
 from ..datasets import NATIVE_TEST_STEMS, Sample, discover, read_mask, split
 from ..edge import lungs as L
 from ..edge.imaging import load_image
+from ..fsio import atomic_write_text
 from .augment import photometric, random_affine, warp
 from .unet import bce_dice_loss
 
@@ -102,7 +103,7 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
     # "loss" is the name the first checkpoints stored for this function.
     state = run_epochs(model, out, epochs, batches, steps, evaluate, "val_dice", patience, log,
                        custom_objects={"loss": bce_dice_loss, "bce_dice_loss": bce_dice_loss})
-    (out / "config.json").write_text(json.dumps({"size": size, "base": base, "seed": seed, "epochs": epochs,
+    atomic_write_text(out / "config.json", json.dumps({"size": size, "base": base, "seed": seed, "epochs": epochs,
                                                  "batch": batch, "exclude_site": exclude_site, "lr": lr,
                                                  "init": str(init) if init else None}, indent=1))
     return state

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..fsio import atomic_write_bytes, try_lock
+from ..fsio import atomic_write_bytes, fsync_dir, try_lock
 from . import lungs as L
 from .pipeline import Scored
 
@@ -151,6 +151,7 @@ class JsonlWriter:
     def close(self) -> None:
         os.replace(self.tmp, self.path)  # before close: the lock is held until the file has its name
         self.f.close()
+        fsync_dir(self.path.parent)
 
     def __enter__(self):
         return self

@@ -97,9 +97,8 @@ def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, b
         for r in out.prior:
             summary.add(r)
         summary.resumed = sum(str(f) in done for f in files)
-        for _ in range(summary.resumed):
-            if progress:
-                progress(None)
+        for _ in range(summary.resumed if progress else 0):
+            progress(None)
         for s in pipe.run([f for f in files if str(f) not in done]):
             try:
                 write_extras(s, relative_name(Path(s.result.input), roots), overlays, masks, dicom_out)

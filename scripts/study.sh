@@ -18,6 +18,9 @@ ev() {  # run crops part [fold]: evaluate RUN/best.keras on a part once (skipped
   [ -f "$d/eval_$3/predictions.csv" ] || tbedge evaluate classifier "$d/best.keras" \
     --data "$R/crops/$2_224.npz" ${4:+--fold $4} --part "$3" --out "$d/eval_$3"
 }
+p2() {  # run: its power-2 copy (lung-core head, same weights) in $EV, made once
+  [ -f "$EV/$1/best.keras" ] || python scripts/lung_power.py "$R/cls/$1" "$EV/$1" 2
+}
 mcls() {  # crops out epochs fold(- = internal) seed [extra args]: the shipped recipe (lung-masked, NIH 0.3)
   tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 --data "$R/crops/$1_${CROP_SIZE:-224}.npz" \
     --out "$R/cls/$2" --epochs "$3" $([ "$4" = - ] || echo --fold "$4") --seed "$5" "${@:6}"
@@ -175,7 +178,6 @@ lane9b)
   ;;
 lane9c)  # the eighth-round rule on power-2 copies (val and site_val only): scripts/nih_rule.py prints each part
   EV=$R/ship8
-  p2() { [ -f "$EV/$1/best.keras" ] || python scripts/lung_power.py "$R/cls/$1" "$EV/$1" 2; }
   for r in n_main_s90 n_main_s91 n_main_s92 f_main_s0 f_main_s1 g_main_s5 w_main_s80 w_main_s81; do
     p2 "$r"; ev "$r" m_main val; done
   for s in 90 91 92; do p2 "n_mc_s$s"; ev "n_mc_s$s" m_no_montgomery site_val montgomery
@@ -245,7 +247,6 @@ lane12b)
   ;;
 lane12c)  # the eleventh-round rule (selection data only)
   EV=$R/ship10
-  p2() { [ -f "$EV/$1/best.keras" ] || python scripts/lung_power.py "$R/cls/$1" "$EV/$1" 2; }
   for r in m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2 w_mc_s80 w_mc_s81 w_mc_s82; do p2 "$r"; ev "$r" m_no_montgomery site_val montgomery; done
   for r in f_sz_s0 f_sz_s1 f_sz_s2 w_sz_s80 w_sz_s81 w_sz_s82; do p2 "$r"; ev "$r" m_no_shenzhen site_val shenzhen; done
   for s in 60 61 62 63 64 65; do EV=$R/cls ev "lp2_main_s$s" m_main val; done

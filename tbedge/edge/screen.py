@@ -94,12 +94,13 @@ def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, b
     with JsonlWriter(output, resume=resume) as out, \
             Pipeline(engine, backend=backend, batch=batch, threads=threads) as pipe:
         done = {r["input"] for r in out.prior}
+        todo = [f for f in files if str(f) not in done]
         for r in out.prior:
             summary.add(r)
-        summary.resumed = sum(str(f) in done for f in files)
+        summary.resumed = len(files) - len(todo)
         for _ in range(summary.resumed if progress else 0):
             progress(None)
-        for s in pipe.run([f for f in files if str(f) not in done]):
+        for s in pipe.run(todo):
             try:
                 write_extras(s, relative_name(Path(s.result.input), roots), overlays, masks, dicom_out)
             except Exception as e:  # noqa: BLE001 - an output failure must not lose the score

@@ -41,6 +41,8 @@ def _backend(value: str) -> str:
 BACKEND = typer.Option("auto", "--backend", callback=_backend, help="auto | onnxruntime | tensorrt")
 BATCH = typer.Option(0, "--batch", min=0, help="Images per inference batch (0 = auto: 1 on CPU, 8 on TensorRT).")
 THREADS = typer.Option(0, "--threads", min=0, help="Inference threads (0 = all cores).")
+STRICT = typer.Option(False, "--strict-engine", help="Refuse to start when the engine fails its self-test on this "
+                      "CPU (default: score with the fp32 models shipped beside it, with a warning).")
 DATA = typer.Option(Path("../shared/data"), "--data", help="Data folder (../shared/data layout or class folders).")
 
 
@@ -86,6 +88,7 @@ def screen(
     dicom_out: Path = typer.Option(None, "--dicom-out", help="For DICOM inputs: Secondary Capture + SR here."),
     resume: bool = typer.Option(False, "--resume", help="Go on from an interrupted run's OUTPUT.partial: keep its "
                                 "results, score only the inputs it lacks."),
+    strict_engine: bool = STRICT,
 ):
     """Score chest X-rays (PNG, JPEG, DICOM).
 
@@ -98,7 +101,7 @@ def screen(
     prog, tick = _progress(len(files), "screening")
     with prog:
         s = run_screen(paths, output, engine, backend, batch, threads, overlays, masks, dicom_out, tick,
-                       resume=resume)
+                       resume=resume, strict_engine=strict_engine)
     print(f"{s.total} inputs -> {output}" + (f" ({s.resumed} kept from the interrupted run)" if s.resumed else "")
           + ": " + ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
           + ("; triage " + ", ".join(f"{k} {v}" for k, v in sorted(s.triage.items())) if s.triage else "")
@@ -129,6 +132,7 @@ def watch(
     refer_min_films: int = typer.Option(50, "--refer-min-films", help="Films needed before the check speaks."),
     refer_range: tuple[float, float] = typer.Option((0.05, 0.95), "--refer-range",
                                                     help="Plausible referral rate, LOW HIGH."),
+    strict_engine: bool = STRICT,
 ):
     """Watch INCOMING: score each film exactly once, crash-safe; SIGTERM drains and exits 0.
 
@@ -139,7 +143,7 @@ def watch(
     raise typer.Exit(run_watch(incoming, out, engine, backend, batch, threads, once, stable_seconds, rescan_seconds,
                                retention_days or None, min_free_mb, max_attempts, archive_dir,
                                dicom_out=dicom_out, refer_window=refer_window, refer_min_films=refer_min_films,
-                               refer_range=refer_range))
+                               refer_range=refer_range, strict_engine=strict_engine))
 
 
 @app.command()
@@ -148,6 +152,7 @@ def segment(
     out: Path = typer.Option(..., "--out", help="Output directory for masks and overlays."),
     engine: Path = ENGINE,
     backend: str = BACKEND,
+    strict_engine: bool = STRICT,
 ):
     """Write the cleaned lung mask (input resolution) and a contour + box overlay per image.
 
@@ -155,12 +160,36 @@ def segment(
     """
     from .edge.segment import segment_files
 
-    files, skipped = segment_files(images, out, engine, backend)
+    files, skipped = segment_files(images, out, engine, backend, strict_engine)
     line = f"{len(files)} images -> {out}"
     if skipped:  # reason codes only: file names may carry patient names
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
         line += f"; skipped {sum(skipped.values())} ({reasons})"
     print(line)
+
+
+@app.command()
+def doctor(
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (docs/doctor.md)."),
+    engine: Path = ENGINE,
+    threads: int = THREADS,
+    phantoms: int = typer.Option(20, "--phantoms", min=1, help="Synthetic films for the speed check."),
+):
+    """Check this host: CPU features, memory, disk, runtimes, each shipped bundle's self-test here,
+    which bundle and precision `screen` will use, and its speed. Exits 1 when screening cannot work.
+
+    Example: tbedge doctor --json
+    """
+    import json
+
+    from .edge.doctor import doctor as run
+    from .edge.doctor import render
+
+    rep = run(phantoms, threads, engine, progress=None if json_out else
+              (lambda m: console.print(m, markup=False, highlight=False)))
+    print(json.dumps(rep, indent=1) if json_out else render(rep))
+    if not rep["ok"]:
+        raise typer.Exit(1)
 
 
 @train_app.command("lungs")

@@ -67,8 +67,9 @@ class ModelInfo:
     name: str
     version: str
     sha256: str
-    precision: str
+    precision: str  # the precision that scored this film
     backend: str
+    fallback_from: str | None = None  # the bundle's own precision when its self-test failed here (fp32 scored)
 
 
 @dataclass

@@ -32,9 +32,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("cpu", "tensorrt")
 FORMS = {
     "cpu": {"activation": "uint8", "weight": "int8", "per_channel": True, "symmetric_activations": False,
-            "quantize_bias": True, "dedicated_qdq_pair": False},
+            "quantize_bias": True, "dedicated_qdq_pair": False, "reduce_range": False},
     "tensorrt": {"activation": "int8", "weight": "int8", "per_channel": True, "symmetric_activations": True,
-                 "quantize_bias": False, "dedicated_qdq_pair": True},
+                 "quantize_bias": False, "dedicated_qdq_pair": True, "reduce_range": False},
 }
 FLOAT_OUTPUT_OPS = {"Sigmoid", "Softmax"}
 HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -108,7 +108,7 @@ def quantize(prepared: str | Path, ranges: dict, form: str, out: str | Path) -> 
         tmp_out = Path(tmp) / "q.onnx"
         quantize_static(str(prepared), str(tmp_out), calibration_data_reader=None,
                         calibration_cache_path=str(cache), quant_format=QuantFormat.QDQ,
-                        per_channel=f["per_channel"], reduce_range=False,
+                        per_channel=f["per_channel"], reduce_range=f["reduce_range"],
                         activation_type=qt[f["activation"]], weight_type=qt[f["weight"]],
                         calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=float_nodes,

@@ -40,6 +40,14 @@ class BundleError(Exception):
     """A bundle that must not be used, with the reason in words a technician can act on."""
 
 
+class SelfTestError(BundleError):
+    """A bundle whose outputs on this host drift from its fp32 reference beyond its tolerance."""
+
+    def __init__(self, message: str, role: str, drift: float, atol: float):
+        super().__init__(message)
+        self.role, self.drift, self.atol = role, drift, atol
+
+
 def default_bundle_path() -> Path:
     return Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -80,6 +88,10 @@ class Bundle:
 
     def has_plans(self) -> bool:
         return all(self.plan(r) for r in ROLES)
+
+    def session_config(self, role: str) -> dict[str, str]:
+        """ONNX Runtime session config entries this model's form needs (e.g. exact int8 kernels)."""
+        return dict((self.entry(role).get("quantization") or {}).get("session_config") or {})
 
     def model_info(self, role: str, backend: str) -> dict:
         e = self.entry(role)
@@ -233,6 +245,29 @@ def run_self_test(b: Bundle, runners: dict, roles: tuple[str, ...] = ROLES) -> d
                 worst = max(worst, float(np.max(np.abs(out[name].astype(np.float32) - ref[key]))))
         dev[role] = worst
         if worst > float(st["atol"][role]):
-            raise BundleError(f"self-test failed for {role}: outputs drift by {worst:.4g} from the fp32 "
-                              f"reference (tolerance {st['atol'][role]}); this engine must not score patients")
+            raise SelfTestError(f"self-test failed for {role}: outputs drift by {worst:.4g} from the fp32 "
+                                f"reference (tolerance {st['atol'][role]}); this engine must not score patients",
+                                role, worst, float(st["atol"][role]))
     return dev
+
+
+def fp32_fallback(b: Bundle) -> Bundle | None:
+    """The fp32 bundle a reduced-precision bundle was derived from, when one is at hand: beside it
+    (``fp32/`` inside or next to it) or the shipped one. Matched by the models' hashes, so a
+    fallback always scores with exactly the models the reduced ones were gated against."""
+    want = {r: b.entry(r).get("derived_from") for r in ROLES}
+    if not all(want.values()):
+        return None
+    seen = set()
+    for cand in (b.path / "fp32", b.path.parent / "fp32", default_bundle_path().parent / "fp32"):
+        key = cand.resolve()
+        if key in seen or key == b.path.resolve() or not (cand / "manifest.json").is_file():
+            continue
+        seen.add(key)
+        try:
+            fb = load_bundle(cand)
+        except BundleError:
+            continue
+        if all(fb.entry(r)["precision"] == "fp32" and fb.entry(r)["sha256"] == want[r] for r in ROLES):
+            return fb
+    return None

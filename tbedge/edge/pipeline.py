@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import schema
 from . import lungs as L
-from .bundle import ROLES, Bundle, load_bundle, run_self_test
+from .bundle import ROLES, Bundle, SelfTestError, fp32_fallback, load_bundle, run_self_test
 from .imaging import LoadedImage, load_image
 
 log = logging.getLogger("tbedge.pipeline")
@@ -69,7 +69,26 @@ def make_runner(bundle: Bundle, role: str, backend: str, threads: int = 0):
         return TensorRTRunner.from_bundle(bundle, role)
     from .runners.onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(bundle.model_path(role), threads=threads, name=role)
+    return OnnxRuntimeRunner(bundle.model_path(role), threads=threads, name=role,
+                             session_config=bundle.session_config(role))
+
+
+@dataclass
+class Fallback:
+    """Why this pipeline scores with the fp32 models instead of the bundle it was given."""
+
+    bundle: str  # the bundle that failed its self-test here
+    precision: str  # its precision
+    fp32_bundle: str  # the bundle used instead
+    role: str
+    drift: float
+    atol: float
+    cpu: str  # this host's CPU model, class and features
+
+    def message(self) -> str:
+        return (f"the {self.precision} engine's self-test failed on this CPU ({self.cpu}): {self.role} outputs "
+                f"drift by {self.drift:.3g} from fp32 (tolerance {self.atol:.3g}); scoring with the fp32 models "
+                f"instead ({self.fp32_bundle}). --strict-engine refuses instead")
 
 
 class Pipeline:
@@ -77,7 +96,7 @@ class Pipeline:
 
     def __init__(self, bundle: str | Path | Bundle | None = None, backend: str = "auto", batch: int = 0,
                  threads: int = 0, decode_workers: int = 2, self_test: bool = True,
-                 max_pixels: int | None = None, roles: tuple[str, ...] = ROLES):
+                 max_pixels: int | None = None, roles: tuple[str, ...] = ROLES, strict_engine: bool = False):
         if roles not in (ROLES, ("lungs",)):
             raise ValueError(f"roles must be {ROLES} or ('lungs',), got {roles}")
         self.roles = roles  # ("lungs",): find the lungs only (tbedge segment); no classifier is loaded
@@ -92,25 +111,49 @@ class Pipeline:
         self.runners: dict = {}
         self.models: dict[str, schema.ModelInfo] = {}
         self.self_test_deviation: dict[str, float] = {}
+        self.strict_engine = strict_engine
+        self.fallback: Fallback | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self):
-        for role in self.roles:
-            r = make_runner(self.bundle, role, self.backend, self.threads)
-            r.activate()
-            self.runners[role] = r
-            self.models[role] = schema.ModelInfo(**self.bundle.model_info(role, self.backend))
-        if self.self_test:
-            self.self_test_deviation = run_self_test(self.bundle, self.runners, self.roles)
+        try:
+            self._load(self.bundle)
+        except SelfTestError as e:
+            self._close_runners()
+            fb = None if self.strict_engine or self.backend != "onnxruntime" else fp32_fallback(self.bundle)
+            if fb is None:
+                raise
+            from .cpu import probe
+
+            self.fallback = Fallback(str(self.bundle.path), self.bundle.entry(e.role)["precision"], str(fb.path),
+                                     e.role, e.drift, e.atol, probe().describe())
+            log.warning("%s", self.fallback.message())
+            self.bundle = fb
+            self._load(fb)  # the fp32 models pass their own self-test or nothing scores
+            for info in self.models.values():
+                info.fallback_from = self.fallback.precision
         self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="tbedge-decode")
         return self
+
+    def _load(self, bundle: Bundle) -> None:
+        for role in self.roles:
+            r = make_runner(bundle, role, self.backend, self.threads)
+            self.runners[role] = r
+            r.activate()
+            self.models[role] = schema.ModelInfo(**bundle.model_info(role, self.backend))
+        if self.self_test:
+            self.self_test_deviation = run_self_test(bundle, self.runners, self.roles)
+
+    def _close_runners(self) -> None:
+        for r in self.runners.values():
+            r.deactivate()
+        self.runners.clear()
 
     def __exit__(self, *exc):
         if self._pool:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        for r in self.runners.values():
-            r.deactivate()
+        self._close_runners()
         return False
 
     # -- stages ----------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None, dicom_
 def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, backend: str = "auto",
            batch: int = 0, threads: int = 0, overlays: Path | None = None, masks: Path | None = None,
            dicom_out: Path | None = None, progress=None, refer_min_films: int = 50,
-           resume: bool = False) -> ScreenSummary:
+           resume: bool = False, strict_engine: bool = False) -> ScreenSummary:
     """Score ``inputs`` into ``output``. With ``resume``, an interrupted run's results (``output``.partial)
     are kept and their inputs (by the path as given) are not scored again."""
     files, roots = expand_inputs(inputs)
@@ -92,7 +92,7 @@ def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, b
                                                                    min_films=refer_min_films))
     # The writer first: a stale .partial is refused before any model loads.
     with JsonlWriter(output, resume=resume) as out, \
-            Pipeline(engine, backend=backend, batch=batch, threads=threads) as pipe:
+            Pipeline(engine, backend=backend, batch=batch, threads=threads, strict_engine=strict_engine) as pipe:
         done = {r["input"] for r in out.prior}
         todo = [f for f in files if str(f) not in done]
         for r in out.prior:

@@ -29,7 +29,7 @@ def segment_overlay(img: np.ndarray, lr: L.LungResult) -> np.ndarray:
 
 
 def segment_files(inputs: list[str | Path], out: Path, engine: Path | None = None,
-                  backend: str = "auto") -> tuple[list[Path], dict[str, int]]:
+                  backend: str = "auto", strict_engine: bool = False) -> tuple[list[Path], dict[str, int]]:
     """Mask + overlay for each image, through the pipeline's own lung stage (same decoding, batching,
     self-test and per-file error handling as ``screen``; the classifier is not loaded). A file that
     cannot be read or segmented is skipped, never the whole run: returns the files written and the
@@ -37,7 +37,7 @@ def segment_files(inputs: list[str | Path], out: Path, engine: Path | None = Non
     files, roots = expand_inputs(inputs)
     written: list[Path] = []
     skipped: dict[str, int] = {}
-    with Pipeline(engine, backend=backend, roles=("lungs",)) as pipe:
+    with Pipeline(engine, backend=backend, roles=("lungs",), strict_engine=strict_engine) as pipe:
         for f, s in zip(files, pipe.run(files), strict=True):
             if s.result.status != STATUS_OK:
                 skipped[s.result.reason] = skipped.get(s.result.reason, 0) + 1

@@ -43,6 +43,8 @@ from ..fsio import atomic_write_bytes, fsync_dir, sha256_file, try_lock
 from .journal import FINISHING_STATES, QUEUED_STATES, Journal
 from .refer_rate import STATE_FILE, ReferRateCheck
 
+ENGINE_STATE_FILE = "engine.json"
+
 log = logging.getLogger("tbedge.watch")
 
 TEMP_PREFIXES = (".", "~")
@@ -200,6 +202,7 @@ class WatchConfig:
     refer_min_films: int = 50
     refer_low: float = 0.05
     refer_high: float = 0.95
+    strict_engine: bool = False  # refuse, rather than fall back to fp32, when the engine's self-test fails
 
     def __post_init__(self):
         self.incoming = Path(self.incoming)
@@ -310,6 +313,20 @@ class Watcher:
             self.refer.unsaved = 0
         except OSError as e:  # the check must never stop scoring
             log.warning("operating point: state file not written (%s)", type(e).__name__)
+
+    def _write_engine_state(self) -> None:
+        """RESULTS/engine.json: which models score here, at what precision, and any fp32 fallback."""
+        p = self.pipe
+        fb = p.fallback
+        state = {"bundle": str(p.bundle.path), "backend": p.backend,
+                 "models": {r: m.__dict__ for r, m in p.models.items()},
+                 "self_test_deviation": p.self_test_deviation,
+                 "fallback": None if fb is None else {**fb.__dict__, "message": fb.message()},
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            atomic_write_bytes(self.cfg.out / ENGINE_STATE_FILE, (json.dumps(state, indent=1) + "\n").encode())
+        except OSError as e:  # a health note must never stop scoring
+            log.warning("engine state file not written (%s)", type(e).__name__)
 
     def _remove_stale_temps(self) -> None:
         """Temp files of atomic writes cut short by a crash (we hold the lock: nobody else writes here)."""
@@ -712,7 +729,8 @@ class Watcher:
                 from .pipeline import Pipeline
 
                 self.pipe = Pipeline(self.cfg.engine, backend=self.cfg.backend, batch=self.cfg.batch,
-                                     threads=self.cfg.threads).__enter__()
+                                     threads=self.cfg.threads, strict_engine=self.cfg.strict_engine).__enter__()
+            self._write_engine_state()
             obs = self._start_observer()
             pending = self.journal.count(QUEUED_STATES + FINISHING_STATES)
             log.info("watching (%s backend, batch %d, %d unfinished entries from before)",
@@ -760,7 +778,7 @@ def watch(incoming: str | Path, out: str | Path, engine: str | Path | None = Non
           max_attempts: int = 3, archive_dir: str | Path | None = None,
           processed_dir: str | Path | None = None, dicom_out: bool = True,
           install_signal_handlers: bool = True, refer_window: int = 200, refer_min_films: int = 50,
-          refer_range: tuple[float, float] = (0.05, 0.95)) -> int:
+          refer_range: tuple[float, float] = (0.05, 0.95), strict_engine: bool = False) -> int:
     """Run the folder service until SIGTERM/SIGINT (or, with ``once``, until INCOMING is empty).
 
     Returns the exit code: 0 after a clean stop; with ``once``, EX_TEMPFAIL (75) when the run gave up on a
@@ -771,7 +789,7 @@ def watch(incoming: str | Path, out: str | Path, engine: str | Path | None = Non
                       rescan_seconds=rescan_seconds, retention_days=retention_days, archive_dir=archive_dir,
                       processed_dir=processed_dir, min_free_mb=min_free_mb, max_attempts=max_attempts,
                       dicom_out=dicom_out, refer_window=refer_window, refer_min_films=refer_min_films,
-                      refer_low=refer_range[0], refer_high=refer_range[1])
+                      refer_low=refer_range[0], refer_high=refer_range[1], strict_engine=strict_engine)
     handlers = _setup_logging(cfg.out)
     w = Watcher(cfg)
     old = {}
@@ -815,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refer-window", type=int, default=200)
     ap.add_argument("--refer-min-films", type=int, default=50)
     ap.add_argument("--refer-range", type=float, nargs=2, default=(0.05, 0.95))
+    ap.add_argument("--strict-engine", action="store_true")
     a = ap.parse_args(argv)
     stderr = logging.StreamHandler()
     stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -822,7 +841,8 @@ def main(argv: list[str] | None = None) -> int:
     return watch(a.incoming, a.out, a.engine, a.backend, a.batch, a.threads, a.once, a.stable_seconds,
                  a.rescan_seconds, a.retention_days, a.min_free_mb, a.max_attempts, a.archive_dir,
                  a.processed_dir, not a.no_dicom_out, refer_window=a.refer_window,
-                 refer_min_films=a.refer_min_films, refer_range=tuple(a.refer_range))
+                 refer_min_films=a.refer_min_films, refer_range=tuple(a.refer_range),
+                 strict_engine=a.strict_engine)
 
 
 if __name__ == "__main__":

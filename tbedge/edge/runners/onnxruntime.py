@@ -16,11 +16,12 @@ class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, model: str | Path | bytes, threads: int = 0, name: str = "",
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, session_config: dict[str, str] | None = None):
         super().__init__(name or (Path(model).name if not isinstance(model, bytes) else "onnx"))
         self.model = model
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
+        self.session_config = dict(session_config or {})  # ORT session config entries (a bundle's form needs)
         self.session = None
 
     def _activate(self) -> None:
@@ -32,6 +33,8 @@ class OnnxRuntimeRunner(Runner):
             so.inter_op_num_threads = 1
         # Spinning worker threads steal the cores that decode and crop need on small CPUs.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for k, v in self.session_config.items():
+            so.add_session_config_entry(k, str(v))
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         src = self.model if isinstance(self.model, bytes) else str(self.model)
         self.session = ort.InferenceSession(src, so, providers=self.providers)

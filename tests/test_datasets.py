@@ -117,3 +117,35 @@ def test_folder_per_class_layout(tmp_path):
     s = D.discover(tmp_path / "site_a")
     assert Counter(x.label for x in s) == {"normal": 3, "tb": 2, "other": 1, None: 2}
     assert {x.site for x in s} == {"site_a"}
+
+
+def _cache(samples):
+    """A crop cache's metadata for ``samples`` (pixels are not needed to split it)."""
+    from tbedge.train.crops import Crops
+
+    n = len(samples)
+
+    def col(attr):
+        return np.array([str(getattr(s, attr) or "") for s in samples])
+
+    return Crops(np.zeros((n, 1, 1), np.uint8), col("path"), col("label"), col("site"), col("patient"),
+                 col("source"), np.zeros(n, bool), np.zeros((n, 4), np.int32), {})
+
+
+def test_a_cache_of_every_set_gives_the_core_parts_with_sets_core(all_sets_root):
+    """Cache once for all sets: training with --sets core on it sees exactly the films and parts of a
+    core-only cache; --sets all adds tb_more (its own fold) and covid."""
+    every = _cache(D.discover(all_sets_root, "all"))
+    core = _cache(D.discover(all_sets_root))
+    for fold in (None, "shenzhen", "montgomery"):
+        a, b = core.parts(fold), every.parts(fold, sets="core")
+        assert set(a) == set(b)
+        for k in a:
+            assert every.path[b[k]].tolist() == core.path[a[k]].tolist(), (fold, k)
+    assert every.left_out("core") == 2463 + 403 + 1500 and every.left_out("all") == 0
+    assert every.missing_sets("all") == [] and core.missing_sets("all") == ["covid", "tb_more"]
+    f = every.parts("tb_more", sets="all")
+    assert set(every.site[f["site_val"]]) == {"tb_more"} and "tb_more" not in set(every.site[f["train"]])
+    assert "covid" in set(every.site[f["train"]]) and len(f["all"]) == len(every.path)
+    with pytest.raises(ValueError):
+        every.parts("tb_more", sets="core")  # no tb_more fold without the set

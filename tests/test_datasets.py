@@ -147,5 +147,5 @@ def test_a_cache_of_every_set_gives_the_core_parts_with_sets_core(all_sets_root)
     f = every.parts("tb_more", sets="all")
     assert set(every.site[f["site_val"]]) == {"tb_more"} and "tb_more" not in set(every.site[f["train"]])
     assert "covid" in set(every.site[f["train"]]) and len(f["all"]) == len(every.path)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="--sets all"):
         every.parts("tb_more", sets="core")  # no tb_more fold without the set

@@ -151,7 +151,8 @@ class Crops:
         else:
             folds = {f.held_site: f for f in loso_folds(samples, seed=seed)}
             if fold not in folds:
-                raise ValueError(f"unknown fold {fold!r}; choose one of {sorted(folds)}")
+                hint = " (its set is left out: --sets all)" if sets is not None and fold in excluded_sites(sets) else ""
+                raise ValueError(f"unknown fold {fold!r}{hint}; choose one of {sorted(folds)}")
             f = folds[fold]
             groups = {"train": f.train, "val": f.val, "site_val": f.site_val, "site_test": f.site_test}
         out = {k: np.array(sorted(index[str(s.path)] for s in v), dtype=np.int64) for k, v in groups.items()}

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import discover
+from ..edge.imaging import load_image
 from ..schema import CLASS_NAMES, TbedgeInputError
 from .acquisition import FEATURE_NAMES, film_features
 from .metrics import bootstrap_auc, matched_pair_auc, roc_auc
@@ -97,8 +98,6 @@ def audit_arrays(x: np.ndarray, labels: Sequence[str], sites: Sequence[str], sco
 
 def film_table(paths: Sequence[str | Path], log: Callable[[str], None] = print) -> tuple[np.ndarray, list, Counter]:
     """(features (n, F) with NaN rows for unreadable films, sha256 per film or None, reason counts)."""
-    from ..edge.imaging import load_image
-
     x = np.full((len(paths), len(FEATURE_NAMES)), np.nan)
     sha: list = [None] * len(paths)
     skipped: Counter = Counter()

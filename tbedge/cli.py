@@ -46,6 +46,16 @@ STRICT = typer.Option(False, "--strict-engine", help="Refuse to start when the e
 DATA = typer.Option(Path("../shared/data"), "--data", help="Data folder (../shared/data layout or class folders).")
 
 
+def _sets(value: str) -> str:
+    if value not in ("core", "all"):
+        raise typer.BadParameter(f"unknown sets {value!r}; choose core or all")
+    return value
+
+
+SETS = typer.Option("core", "--sets", callback=_sets, help="Data sets of ../shared/data: core (Shenzhen, "
+                    "Montgomery, NIH: the shipped recipe) | all (+ tb_more_256 as site tb_more, covid_256 as other).")
+
+
 class UserError(Exception):
     """Raised for mistakes the user can fix; printed as one line."""
 
@@ -318,14 +328,16 @@ def train_crops(
     output: Path = typer.Option(..., "--output", help="Crop cache to write (.npz; holds patient pixels: keep it "
                                 "out of the repository)."),
     size: int = typer.Option(224, "--size", help="Crop size for the classifier."),
+    sets: str = SETS,
 ):
-    """Crop every image in DATA to its lungs once, for fast classifier training.
+    """Crop every image in DATA to its lungs once, for fast classifier training (--sets all: cache every
+    set once; training picks its sets from the cache).
 
-    Example: tbedge train crops --lungs runs/lungs/best.keras --output runs/crops/main_224.npz
+    Example: tbedge train crops --lungs runs/lungs/best.keras --sets all --output runs/crops/all_224.npz
     """
     from .train.crops import build_crop_cache
 
-    print(build_crop_cache(data, lungs, output, size=size))
+    print(build_crop_cache(data, lungs, output, size=size, sets=sets))
 
 
 @train_app.command("classifier")
@@ -337,7 +349,7 @@ def train_classifier(
     seed: int = typer.Option(0, "--seed"),
     epochs: int = typer.Option(60, "--epochs"),
     budget_minutes: float = typer.Option(None, "--budget-minutes", help="Wall-clock training budget."),
-    fold: str = typer.Option(None, "--fold", help="Hold out a site: shenzhen | montgomery."),
+    fold: str = typer.Option(None, "--fold", help="Hold out a site: shenzhen | montgomery | tb_more (--sets all)."),
     patience: int = typer.Option(12, "--patience", help="Early stopping patience (epochs)."),
     prep: str = typer.Option("box", "--prep", help="Crop preparation: box | masked | masked_eq."),
     size: int = typer.Option(None, "--size", help="Input size (default: the crop cache's)."),
@@ -359,6 +371,7 @@ def train_classifier(
                                 "lam ~ Beta(A, A); 0 = off."),
     train_fraction: float = typer.Option(1.0, "--train-fraction", help="Train on this share of the training "
                                          "films (per site and class; a learning curve). Selection is unchanged."),
+    sets: str = SETS,
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -371,7 +384,7 @@ def train_classifier(
                 nih_weight=nih_weight, nih_normal_weight=nih_normal_weight,
                 nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength, nih_adversary=nih_adversary,
                 lung_power=lung_power, average_from=average_from, mixup_alpha=mixup,
-                train_fraction=train_fraction)
+                train_fraction=train_fraction, sets=sets)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 
@@ -436,17 +449,48 @@ def evaluate_classifier(
     threshold: float = typer.Option(None, "--threshold", help="The locked threshold (else chosen here)."),
     part: str = typer.Option(None, "--part", help="val | test | site_val | site_test | all"),
     fold: str = typer.Option(None, "--fold", help="Held-out site of a cross-site model."),
+    sets: str = SETS,
+    audit: bool = typer.Option(False, "--audit", help="Also the acquisition-shortcut audit (audit.json): what "
+                               "acquisition alone predicts, and the AUC on TB/non-TB films matched on it."),
 ):
     """AUC with bootstrap CI, ROC PNG, sensitivity/specificity at the threshold, confusion, per site.
 
-    Example: tbedge evaluate classifier runs/cls/r0/best.keras --data runs/crops/main_224.npz --out ev/
+    Example: tbedge evaluate classifier runs/cls/r0/best.keras --data runs/crops/main_224.npz --out ev/ --audit
     """
     import json
 
     from .train.classifier import evaluate_classifier as run
 
-    rep = run(source, model, out, lungs, threshold, part, fold)
+    rep = run(source, model, out, lungs, threshold, part, fold, sets=sets, audit=audit)
     print(json.dumps(rep, indent=1, default=str)[:4000])
+    for line in rep.get("audit", {}).get("summary", []):
+        print(line)
+
+
+@eval_app.command("audit")
+def evaluate_audit(
+    data: Path = typer.Argument(None, help="Labelled films: ../shared/data, one of its sets or class folders "
+                                "(normal/, tb/, other/). Optional with a predictions.csv, which has labels."),
+    predictions: Path = typer.Option(None, "--predictions", help="The model's scores: predictions.csv from "
+                                     "`tbedge evaluate classifier` or results.jsonl from `tbedge screen`."),
+    output: Path = typer.Option(..., "--output", help="The audit report (JSON) to write."),
+    sets: str = SETS,
+):
+    """Acquisition-shortcut audit: AUC of acquisition-only features (cross-validated), and the model's
+    AUC on TB/non-TB films matched on them (caliper 0.05), per site and pooled.
+
+    Example: tbedge evaluate audit ../shared/data/tb_more_256 --predictions r.jsonl --output audit.json
+    """
+    import json
+
+    from .fsio import atomic_write_text
+    from .train.shortcut_audit import audit_folder, summary_lines
+
+    rep = audit_folder(data, predictions, sets, log=lambda msg: console.print(msg, markup=False, highlight=False))
+    atomic_write_text(output, json.dumps(rep, indent=1))
+    for line in summary_lines(rep):
+        print(line)
+    print(f"report -> {output}")
 
 
 @eval_app.command("cam")

@@ -1,9 +1,14 @@
 """Dataset discovery and deterministic splits by site and patient.
 
 Understands the layouts in ../shared/data (Shenzhen + Montgomery with masks, NIH ChestX-ray14
-subset) and any folder-per-class layout a user brings (``normal/``, ``tb/``, ``other/``,
-``unlabelled/``). Splits are by patient (every image of a patient lands in one part), stratified
-by site and label, and never depend on file order or the machine.
+subset, and the opt-in sets ``tb_more_256`` and ``covid_256``) and any folder-per-class layout a
+user brings (``normal/``, ``tb/``, ``other/``, ``unlabelled/``). Splits are by patient (every image
+of a patient lands in one part), stratified by site and label, and never depend on file order or
+the machine.
+
+``discover(root)`` reads the core sets only (Shenzhen, Montgomery, NIH): the shipped models,
+calibration sets and split hashes were made on exactly those. ``sets="all"`` adds ``tb_more``
+and ``covid``; each of their films is its own patient (no patient IDs are known).
 """
 
 from __future__ import annotations
@@ -22,6 +27,17 @@ LABELS = ("normal", "tb", "other")
 SM_DIR = "shenzhen_montgomery_512"
 NIH_DIR = "nih_cxr14_512"
 FULLRES_DIR = "shenzhen_fullres"
+TB_MORE_DIR = "tb_more_256"
+COVID_DIR = "covid_256"
+# Set name -> folder under the data root. Core sets are the ones every shipped artefact was made on.
+SET_DIRS = {"shenzhen_montgomery": SM_DIR, "nih": NIH_DIR, "tb_more": TB_MORE_DIR, "covid": COVID_DIR}
+CORE_SETS = ("shenzhen_montgomery", "nih")
+ALL_SETS = (*CORE_SETS, "tb_more", "covid")
+SET_CHOICES = {"core": CORE_SETS, "all": ALL_SETS}
+# Sites each set brings; set selection drops the sites of the sets left out.
+SET_SITES = {"shenzhen_montgomery": ("shenzhen", "montgomery"), "nih": ("nih",), "tb_more": ("tb_more",),
+             "covid": ("covid",)}
+TB_SITES = ("shenzhen", "montgomery", "tb_more")  # sites with TB films: the leave-one-site-out folds
 # Their native-resolution masks are the native test of the lung model: never train on them.
 NATIVE_TEST_STEMS = tuple(f"CHNCXR_{i:04d}_0" for i in range(1, 21))
 
@@ -69,6 +85,41 @@ def _nih_samples(root: Path) -> list[Sample]:
     return out
 
 
+def _flat_samples(root: Path, site: str) -> list[Sample]:
+    """tb_more_256 / covid_256: class folders + labels.csv; each film is its own patient."""
+    out = []
+    with open(root / "labels.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            name = row["filename"]
+            label = "tb" if row["is_tb"] == "1" else "normal" if row["label_name"] == "normal" else "other"
+            out.append(Sample(root / label / name, label, site, f"{site}:{Path(name).stem}", None,
+                              f"{site}_{label}"))
+    return out
+
+
+def resolve_sets(sets: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """"core" | "all" | set names (``SET_DIRS``) -> a tuple of set names."""
+    names = SET_CHOICES.get(sets) if isinstance(sets, str) else tuple(sets)
+    if names is None:
+        raise ValueError(f"unknown sets {sets!r}; choose one of {sorted(SET_CHOICES)} or names from {list(SET_DIRS)}")
+    bad = [n for n in names if n not in SET_DIRS]
+    if bad:
+        raise ValueError(f"unknown set(s) {bad}; known: {list(SET_DIRS)}")
+    return tuple(names)
+
+
+def excluded_sites(sets: str | tuple[str, ...] | list[str]) -> set[str]:
+    """The sites of the known sets that ``sets`` leaves out (a user's own sites are never excluded)."""
+    keep = resolve_sets(sets)
+    return {site for name, sites in SET_SITES.items() if name not in keep for site in sites}
+
+
+def select_sets(samples: list[Sample], sets: str | tuple[str, ...] | list[str]) -> list[Sample]:
+    """``samples`` without the sites of the known sets that ``sets`` leaves out."""
+    drop = excluded_sites(sets)
+    return [s for s in samples if s.site not in drop]
+
+
 def _folder_samples(root: Path) -> list[Sample]:
     out = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -81,21 +132,32 @@ def _folder_samples(root: Path) -> list[Sample]:
     return out
 
 
-def discover(root: str | Path) -> list[Sample]:
-    """All samples under ``root``: the shared data folder, one of its sets, or a class-folder tree."""
+_READERS = {"shenzhen_montgomery": _sm_samples, "nih": _nih_samples,
+            "tb_more": lambda r: _flat_samples(r, "tb_more"), "covid": lambda r: _flat_samples(r, "covid")}
+
+
+def discover(root: str | Path, sets: str | tuple[str, ...] | list[str] = "core") -> list[Sample]:
+    """All samples under ``root``: the shared data folder, one of its sets, or a class-folder tree.
+
+    ``sets`` picks the shared folder's sets ("core", the default and what every shipped artefact
+    was made on; "all"; or names from ``SET_DIRS``). A set's own folder is always read whole."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
+    names = resolve_sets(sets)
     if (root / "labels.csv").exists() and (root / "masks").is_dir():
         return _sm_samples(root)
     if (root / "labels.csv").exists() and root.name.startswith("nih"):
         return _nih_samples(root)
+    if (root / "labels.csv").exists() and root.name in (TB_MORE_DIR, COVID_DIR):
+        return _flat_samples(root, "tb_more" if root.name == TB_MORE_DIR else "covid")
     out: list[Sample] = []
-    if (root / SM_DIR).is_dir():
-        out += _sm_samples(root / SM_DIR)
-    if (root / NIH_DIR).is_dir():
-        out += _nih_samples(root / NIH_DIR)
-    if out:
+    if any((root / d).is_dir() for d in SET_DIRS.values()):  # the shared layout
+        for name in names:
+            if (root / SET_DIRS[name]).is_dir():
+                out += _READERS[name](root / SET_DIRS[name])
+        if not out:
+            raise FileNotFoundError(f"none of the sets {list(names)} under {root}")
         return out
     out = _folder_samples(root)
     if not out:
@@ -154,9 +216,13 @@ class Fold:
     site_test: list[Sample]  # held site, the rest: reported only
 
 
-def loso_folds(samples: list[Sample], sites: tuple[str, ...] = ("shenzhen", "montgomery"),
-               seed: int = 0) -> list[Fold]:
-    """Leave-one-site-out folds. Internal test patients never enter site_val (no choice uses them)."""
+def loso_folds(samples: list[Sample], sites: tuple[str, ...] | None = None, seed: int = 0) -> list[Fold]:
+    """Leave-one-site-out folds. Internal test patients never enter site_val (no choice uses them).
+
+    ``sites`` None: every TB site (``TB_SITES``) present in ``samples``, so the core sets give the
+    Shenzhen and Montgomery folds as before and ``sets="all"`` adds the ``tb_more`` fold."""
+    present = {s.site for s in samples}
+    sites = tuple(t for t in TB_SITES if t in present) if sites is None else sites
     parts = split(samples, seed=seed)
     test_patients = {s.patient for s in parts["test"]}
     folds = []

@@ -27,6 +27,15 @@ def data_root() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="session")
+def all_sets_root(data_root) -> Path:
+    """The shared data with the opt-in sets (tb_more_256, covid_256) as well."""
+    for d in ("tb_more_256", "covid_256"):
+        if not (data_root / d).is_dir():
+            _missing(f"{d} not found under {data_root}")
+    return data_root
+
+
 def require_module(name: str):
     try:
         return importlib.import_module(name)

@@ -222,6 +222,15 @@ def test_masked_training_and_evaluation_use_the_same_inputs(tiny_crops, tmp_path
     assert x.shape == (24, 64, 64, 2) and x[..., 1].max() == 255
 
 
+def test_training_refuses_sets_its_crop_cache_lacks(tiny_crops, tmp_path):
+    """--sets all on a cache of the core sets stops before any epoch instead of training on less."""
+    from tbedge.train.classifier import train_classifier
+
+    with pytest.raises(ValueError, match="no \\['covid', 'tb_more'\\] films"):
+        train_classifier(tiny_crops, "resnet_s", tmp_path / "x", sets="all", run_eagerly=True, log=lambda _: None)
+    assert not (tmp_path / "x" / "state.json").exists()
+
+
 def test_budget_stops_before_overrun(tiny_crops, tmp_path):
     from tbedge.train.classifier import train_classifier
 

@@ -209,7 +209,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      nih_not_tb: str = "none", nih_aug_strength: float | None = None,
                      nih_adversary: float = 0.0, lung_power: float = 1.0,
                      average_from: float | None = None, mixup_alpha: float = 0.0,
-                     train_fraction: float = 1.0, log: Callable[[str], None] = print) -> dict:
+                     train_fraction: float = 1.0, sets: str | tuple = "core",
+                     log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
     ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
@@ -232,7 +233,10 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     plain model and its selection are unchanged, so one run measures both. ``mixup_alpha`` > 0: mix each
     training batch (``augment.mixup``: images, targets and loss weights, lam ~ Beta(alpha, alpha)).
     ``train_fraction`` in (0, 1): train on that share of the training films only (``train_subset``, for a
-    learning curve); selection and test parts are unchanged.
+    learning curve); selection and test parts are unchanged. ``sets`` ("core" | "all" | set names,
+    ``datasets.SET_DIRS``): the data sets of the cache to use; "core" (Shenzhen, Montgomery, NIH) is
+    the shipped recipe whatever else the cache holds, "all" adds tb_more (a TB site: its own fold)
+    and covid ("other").
     """
     import keras
 
@@ -253,7 +257,12 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
     keras.utils.set_random_seed(seed)
     crops = load_crops(crops_npz)
     size = size or crops.size
-    parts = crops.parts(fold, seed=split_seed)
+    if crops.missing_sets(sets):  # asked for a set the cache never cropped: stop rather than train without it
+        raise ValueError(f"this crop cache has no {crops.missing_sets(sets)} films: rebuild it with "
+                         "`tbedge train crops --sets all`")
+    if crops.left_out(sets):
+        log(f"sets {sets}: {crops.left_out(sets)} films of this cache left out")
+    parts = crops.parts(fold, seed=split_seed, sets=sets)
     sel_name = "site_val" if fold else "val"
     tr, sel = parts["train"], parts[sel_name]
     if train_fraction != 1.0:  # train_subset refuses a share outside (0, 1]
@@ -359,7 +368,8 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
               "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength, "nih_adversary": nih_adversary,
               "lung_power": lung_power, "average_from": average_from, "mixup_alpha": mixup_alpha,
-              "train_fraction": train_fraction, "crops": str(crops_npz), "crops_meta": crops.meta,
+              "train_fraction": train_fraction, "sets": sets if isinstance(sets, str) else list(sets),
+              "crops": str(crops_npz), "crops_meta": crops.meta,
               "n_train": int(len(tr)), "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
     atomic_write_text(out / "config.json", json.dumps(config, indent=1))
     stopped = "epochs"
@@ -435,7 +445,8 @@ def _classifier_fn(model_path: str | Path):
 def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | Path,
                         lung_model: str | Path | None = None, threshold: float | None = None,
                         part: str | None = None, fold: str | None = None, split_seed: int = 0,
-                        prep: str | None = None, log: Callable[[str], None] = print) -> dict:
+                        prep: str | None = None, sets: str | tuple = "core", audit: bool = False,
+                        log: Callable[[str], None] = print) -> dict:
     """Score ``source`` (a crops .npz, or an image folder cropped with ``lung_model``) with the
     classifier ``model_path`` (.keras or .onnx); write metrics.json, predictions.csv and roc.png
     into ``out`` and return the metrics dict.
@@ -444,14 +455,12 @@ def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | P
     default 'test' ('site_test' with a fold) for a crops .npz, 'all' for an image folder. Pass the locked
     ``threshold``; without one it is chosen on this data (reported as 'chosen_here').
     ``prep`` (crop preparation) None: as the model's sidecar (``classifier.json`` beside a shipped
-    model) or the training run beside it (its config.json) says, else "box".
+    model), the bundle manifest beside an .onnx or the training run beside it (its config.json) says,
+    else "box". ``sets``: the data sets to evaluate, picked from a crops .npz (``Crops.parts``) or
+    read from an image folder (``datasets.discover``). ``audit``: also the acquisition-shortcut audit
+    of the scored films (``shortcut_audit``) in audit.json, its matched-pair AUCs beside the plain ones.
     """
-    if prep is None:
-        cfg = Path(model_path).parent / "config.json"
-        if Path(model_path).with_suffix(".json").is_file():
-            prep = model_sidecar(model_path)["crop_prep"]
-        else:
-            prep = json.loads(cfg.read_text()).get("prep", "box") if cfg.exists() else "box"
+    prep = prep or model_prep(model_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run, size = _classifier_fn(model_path)
@@ -461,9 +470,11 @@ def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | P
     else:
         if lung_model is None:
             raise ValueError("an image folder needs a lung model (lung_model=...) to crop the lungs")
-        crops = load_crops(build_crop_cache(src, lung_model, out / "crops.npz", size=size, log=log))
+        crops = load_crops(build_crop_cache(src, lung_model, out / "crops.npz", size=size, log=log, sets=sets))
     part = part or ("all" if src.suffix != ".npz" else "site_test" if fold else "test")
-    parts = crops.parts(fold, seed=split_seed)
+    if src.suffix == ".npz" and crops.left_out(sets):
+        log(f"sets {sets}: {crops.left_out(sets)} films of this cache left out (--sets all keeps them)")
+    parts = crops.parts(fold, seed=split_seed, sets=sets if src.suffix == ".npz" else None)
     if part not in parts:
         raise ValueError(f"unknown part {part!r}; choose one of {sorted(parts)}")
     idx = parts[part]
@@ -491,5 +502,40 @@ def evaluate_classifier(source: str | Path, model_path: str | Path, out: str | P
         for j, i in enumerate(idx):
             w.writerow([crops.path[i], crops.label[i], crops.site[i], crops.source[i], int(crops.fallback[i]),
                         *[f"{v:.6f}" for v in probs[j]]])
+    if audit:
+        res["audit"] = _audit(crops, idx, probs[:, TB], res, out, log)
     atomic_write_text(out / "metrics.json", json.dumps(res, indent=1))
     return res
+
+
+def _audit(crops: Crops, idx: np.ndarray, tb: np.ndarray, res: dict, out: Path, log: Callable[[str], None]) -> dict:
+    """Run the shortcut audit on the scored films (read again from their paths), write audit.json,
+    put each matched-pair AUC beside its plain AUC in ``res`` and return the audit's summary."""
+    from .shortcut_audit import audit_films, summary_lines
+
+    rep = audit_films(crops.path[idx], crops.label[idx], crops.site[idx], tb, log=log)
+    rep.update(model=res["model"], part=res["part"], fold=res["fold"])
+    atomic_write_text(out / "audit.json", json.dumps(rep, indent=1))
+    if rep["pooled"].get("model_matched_auc"):
+        res["auc_tb_vs_rest_matched"] = {**rep["pooled"]["model_matched_auc"],
+                                         "n_pairs": rep["pooled"]["matching"]["n_pairs"]}
+    for site, g in rep["per_site"].items():
+        if site in res["per_site"] and "matching" in g:
+            res["per_site"][site].update(matched_pair_auc=(g.get("model_matched_auc") or {}).get("auc"),
+                                         n_pairs=g["matching"]["n_pairs"], features_auc=g["features_auc"]["auc"])
+    return {"json": str(out / "audit.json"), "summary": summary_lines(rep)}
+
+
+def model_prep(model_path: str | Path) -> str:
+    """The crop preparation a classifier was trained with: its sidecar (``classifier.json``), the
+    manifest of the bundle it sits in (an .onnx), or its training run's config.json; else "box"."""
+    p = Path(model_path)
+    if p.with_suffix(".json").is_file():
+        return model_sidecar(p)["crop_prep"]
+    manifest = p.parent / "manifest.json"
+    if p.suffix == ".onnx" and manifest.is_file():
+        entry = json.loads(manifest.read_text()).get("models", {}).get("classifier", {})
+        if entry.get("file") == p.name:
+            return entry.get("preprocessing", {}).get("crop", "box")
+    cfg = p.parent / "config.json"
+    return json.loads(cfg.read_text()).get("prep", "box") if cfg.exists() else "box"

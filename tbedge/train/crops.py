@@ -4,6 +4,8 @@ mask -> native box -> S x S uint8 crop, stored once in an .npz with its metadata
 Build the cache from the whole data root: the train/val/calib/test split is recomputed from the
 stored metadata with :func:`tbedge.datasets.split`, and it only matches the lung model's split
 when every sample is present. Keep caches outside the repository (e.g. /work/main/runs/crops/).
+Cache every set once (``sets="all"``): training and evaluation pick their sets from the cache
+(``Crops.parts(sets=...)``), and the core parts are the same whichever sets the cache holds.
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import Sample, discover, loso_folds, split
+from ..datasets import (
+    CORE_SETS,
+    SET_SITES,
+    Sample,
+    discover,
+    excluded_sites,
+    loso_folds,
+    resolve_sets,
+    select_sets,
+    split,
+)
 from ..edge import lungs as L
 from ..edge.imaging import load_image
 from ..fsio import atomic_path, sha256_file
@@ -37,10 +49,10 @@ def _atomic_savez(dest: Path, /, **arrays) -> None:
 
 
 def build_crop_cache(data: str | Path | list[Sample], lung_model, out: str | Path, size: int = 224,
-                     batch: int = 16, log: Callable[[str], None] = print) -> Path:
-    """Crop every sample of ``data`` (a data root or a list of samples) with ``lung_model``
-    (.keras / .onnx path or a Keras model) and write ``out`` (.npz, atomically)."""
-    samples = discover(data) if isinstance(data, (str, Path)) else list(data)
+                     batch: int = 16, log: Callable[[str], None] = print, sets: str | tuple = "core") -> Path:
+    """Crop every sample of ``data`` (a data root, read with ``sets``, or a list of samples) with
+    ``lung_model`` (.keras / .onnx path or a Keras model) and write ``out`` (.npz, atomically)."""
+    samples = discover(data, sets) if isinstance(data, (str, Path)) else list(data)
     out = Path(out)
     n = len(samples)
     crops = np.zeros((n, size, size), np.uint8)
@@ -79,6 +91,7 @@ def build_crop_cache(data: str | Path | list[Sample], lung_model, out: str | Pat
             "lung_model": str(lung_model) if isinstance(lung_model, (str, Path)) else "in-memory",
             "lung_model_sha256": sha256_file(lung_model) if isinstance(lung_model, (str, Path)) else None,
             "data": str(data) if isinstance(data, (str, Path)) else "samples",
+            "sets": list(resolve_sets(sets)) if isinstance(data, (str, Path)) else None,
             "fallback": int(fallback[keep].sum())}
 
     def col(attr):
@@ -116,21 +129,34 @@ class Crops:
                 for p, lab, si, pa, so in zip(self.path, self.label, self.site, self.patient, self.source,
                                               strict=True)]
 
-    def parts(self, fold: str | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    def missing_sets(self, sets: str | tuple) -> list[str]:
+        """The opt-in sets (tb_more, covid) that ``sets`` asks for and this cache has no film of."""
+        present = set(self.site.tolist())
+        return sorted(n for n in resolve_sets(sets) if n not in CORE_SETS and not present & set(SET_SITES[n]))
+
+    def left_out(self, sets: str | tuple) -> int:
+        """How many films of this cache ``sets`` leaves out."""
+        return int(np.isin(self.site, sorted(excluded_sites(sets))).sum())
+
+    def parts(self, fold: str | None = None, seed: int = 0, sets: str | tuple | None = None) -> dict[str, np.ndarray]:
         """Indices per part: train/val/calib/test, or for a LOSO fold (held site name)
-        train/val (other sites) and site_val/site_test (held site)."""
-        samples = self.samples()
-        index = {str(s.path): i for i, s in enumerate(samples)}
+        train/val (other sites) and site_val/site_test (held site). ``sets`` ("core", "all", set
+        names; None = the whole cache) drops the sites of the known sets it leaves out; the parts
+        of the sites kept are the same with or without the others (split is per site and label)."""
+        everything = self.samples()
+        index = {str(s.path): i for i, s in enumerate(everything)}
+        samples = everything if sets is None else select_sets(everything, sets)
         if fold is None:
             groups = split(samples, seed=seed)
         else:
             folds = {f.held_site: f for f in loso_folds(samples, seed=seed)}
             if fold not in folds:
-                raise ValueError(f"unknown fold {fold!r}; choose one of {sorted(folds)}")
+                hint = " (its set is left out: --sets all)" if sets is not None and fold in excluded_sites(sets) else ""
+                raise ValueError(f"unknown fold {fold!r}{hint}; choose one of {sorted(folds)}")
             f = folds[fold]
             groups = {"train": f.train, "val": f.val, "site_val": f.site_val, "site_test": f.site_test}
         out = {k: np.array(sorted(index[str(s.path)] for s in v), dtype=np.int64) for k, v in groups.items()}
-        out["all"] = np.arange(len(samples))
+        out["all"] = np.array(sorted(index[str(s.path)] for s in samples), dtype=np.int64)
         return out
 
 

@@ -88,6 +88,23 @@ def bootstrap_auc(y, s, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) 
             "n_pos": int(y.sum()), "n_neg": int((~y).sum())}
 
 
+def matched_pair_auc(s, tb_idx, ctrl_idx, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """AUC over a matched sample (the TB films of the pairs against their matched non-TB films), with
+    a percentile bootstrap CI that resamples whole pairs (the matching is the design, so it is kept)."""
+    s = np.asarray(s, dtype=np.float64).ravel()
+    tb_idx, ctrl_idx = np.asarray(tb_idx, int), np.asarray(ctrl_idx, int)
+    if len(tb_idx) != len(ctrl_idx) or len(tb_idx) == 0:
+        raise ValueError("matched pairs need equal, non-zero numbers of TB and non-TB films")
+    y = np.zeros(len(s), bool)
+    y[tb_idx] = True
+    both = np.concatenate([tb_idx, ctrl_idx])
+    b = np.random.default_rng(seed).integers(0, len(tb_idx), (n_boot, len(tb_idx)))
+    boots = _auc_rows(y, s, np.concatenate([tb_idx[b], ctrl_idx[b]], axis=1))  # positives first
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return {"auc": roc_auc(y[both], s[both]), "ci_low": float(lo), "ci_high": float(hi), "n_boot": n_boot,
+            "n_pairs": int(len(tb_idx))}
+
+
 def paired_bootstrap_delta(y, s_a, s_b, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
     """ΔAUC = AUC(a) - AUC(b) on the same cases, CI from shared resamples, two-sided p."""
     y, s_a = _binary(y, s_a)

@@ -2,8 +2,13 @@
 
 int8 comes in two forms quantized from ONE set of activation ranges (calibration/ranges.py):
 
-- ``cpu``: QDQ, uint8 activations (asymmetric) + int8 per-channel symmetric weights (U8S8),
-  ONNX Runtime's fast path on x86 (VNNI) and ARM.
+- ``cpu``: QDQ, uint8 activations (asymmetric) + int8 per-channel symmetric weights in 7 bits
+  (U8S8, ``reduce_range``). ONNX Runtime's U8S8 kernels on x86 without VNNI (AVX2, AVX-512 BW)
+  add pairs of uint8 x int8 products in a saturating int16; with weights in [-64, 64] a pair
+  sums to at most 2 x 255 x 64 = 32640 < 32767, so the same model gives the same integers on every
+  x86 class and on ARM (measured: identical outputs on VNNI and emulated AVX2; the full-range form
+  drifted 0.97 on AVX2). On VNNI it runs as fast as the full-range form; the session option
+  ``session.x64quantprecision`` instead runs U8U8 kernels, as slow as fp32 (docs/cpu-classes.md).
 - ``tensorrt``: QDQ, int8 activations and weights, symmetric (zero point 0), per-channel
   weights, per-tensor activations, float bias, one dedicated Q/DQ pair per consumer: what
   TensorRT's explicit quantization accepts (see trt_check.py). ONNX Runtime runs it too, which
@@ -32,7 +37,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("cpu", "tensorrt")
 FORMS = {
     "cpu": {"activation": "uint8", "weight": "int8", "per_channel": True, "symmetric_activations": False,
-            "quantize_bias": True, "dedicated_qdq_pair": False, "reduce_range": False},
+            "quantize_bias": True, "dedicated_qdq_pair": False, "reduce_range": True,
+            "cpu_classes": ["x86-64-sse", "x86-64-avx2", "x86-64-avx512", "x86-64-vnni", "x86-64-amx", "aarch64"]},
     "tensorrt": {"activation": "int8", "weight": "int8", "per_channel": True, "symmetric_activations": True,
                  "quantize_bias": False, "dedicated_qdq_pair": True, "reduce_range": False},
 }
@@ -89,13 +95,15 @@ def float_prefix_nodes(proto: onnx.ModelProto) -> list[str]:
     return prefix
 
 
-def quantize(prepared: str | Path, ranges: dict, form: str, out: str | Path) -> Path:
-    """Quantize the prepared fp32 model with precomputed ``ranges`` (ORT TensorsData dict)."""
+def quantize(prepared: str | Path, ranges: dict, form: str | dict, out: str | Path) -> Path:
+    """Quantize the prepared fp32 model with precomputed ``ranges`` (ORT TensorsData dict).
+
+    ``form``: a name in FORMS, or a dict of the same keys (studies and tests of other encodings)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if form not in FORMS:
+    if isinstance(form, str) and form not in FORMS:
         raise ValueError(f"unknown int8 form {form!r}; choose one of {', '.join(FORMS)}")
-    f = FORMS[form]
+    f = FORMS[form] if isinstance(form, str) else form
     qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     extra = {"ActivationSymmetric": f["symmetric_activations"], "WeightSymmetric": True,
              "QuantizeBias": f["quantize_bias"], "DedicatedQDQPair": f["dedicated_qdq_pair"]}

@@ -211,6 +211,8 @@ def train_lungs(
     exclude_site: str = typer.Option(None, "--exclude-site", help="Leave a site out (cross-site model)."),
     lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate of the cosine schedule."),
     init: Path = typer.Option(None, "--init", help="Warm start from this lung model (.keras): fine-tune."),
+    base: int = typer.Option(12, "--base", min=2, help="U-Net width of the first level (FLOPs grow as its square)."),
+    size: int = typer.Option(256, "--size", min=64, help="Input side in pixels."),
 ):
     """Train the lung U-Net on the real masks (resumes from OUT when interrupted).
 
@@ -218,7 +220,8 @@ def train_lungs(
     """
     from .train.lungs import train_lungs as run
 
-    state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site, lr=lr, init=init)
+    state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site, lr=lr, init=init, base=base,
+                size=size)
     print(f"best val Dice {state['best']:.4f} at epoch {state['best_epoch'] + 1}; model {out / 'best.keras'}")
 
 

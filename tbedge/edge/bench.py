@@ -483,7 +483,9 @@ def run_pipeline_child(cfg: dict) -> dict:
     from .pipeline import Pipeline
 
     res = {"kind": "pipeline", "label": cfg["label"], "batch": cfg["batch"], "threads": cfg["threads"]}
-    with Pipeline(cfg["bundle"], backend=cfg["backend"], batch=cfg["batch"], threads=cfg["threads"]) as pipe:
+    # Strict: a benchmark measures the engine it names, never the fp32 fallback in its place.
+    with Pipeline(cfg["bundle"], backend=cfg["backend"], batch=cfg["batch"], threads=cfg["threads"],
+                  strict_engine=True) as pipe:
         b = pipe.bundle
         res.update(backend=pipe.backend, self_test_deviation=pipe.self_test_deviation,
                    bundle={"path": str(b.path), "name": b.manifest.get("name"),

@@ -534,7 +534,8 @@ def _user_errors() -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns a command's typer.Exit code instead of raising it.
+        rc = app(args=argv, standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"error: {type(e).__name__}: {e} (run with --verbose for details)", markup=False,
                       highlight=False)
         return 1
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

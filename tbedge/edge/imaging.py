@@ -35,6 +35,11 @@ import numpy as np
 from ..schema import TbedgeInputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# A shorter side below this is a thumbnail or a strip, not a film: 10-32 px copies of real films scored
+# "clear", one of them a film scored 94 at full size. The lung model reads 256 px and the smallest films
+# of ../shared/data are 256 px; at 128 px a 43 cm film has 3.4 mm pixels, coarser than the small nodules
+# and cavities a reader looks for. Rejected from the header (``too_small``), before decoding.
+MIN_SIDE = 128
 LOW_LEVELS = 64  # fewer distinct grey levels than this (on a sample) -> QA flag low_bit_depth
 UNDER_AGE_YEARS = 15.0
 
@@ -333,6 +338,8 @@ def _grey_levels(arr: np.ndarray) -> int:
 def _check_size(w: int, h: int, max_pixels: int) -> None:
     if w * h > max_pixels:
         raise TbedgeInputError("too_large", f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
+    if min(w, h) < MIN_SIDE:
+        raise TbedgeInputError("too_small", f"{w}x{h}: shorter side < {MIN_SIDE} pixels")
 
 
 # -- DICOM ----------------------------------------------------------------------------------

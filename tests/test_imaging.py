@@ -457,6 +457,15 @@ def test_unsupported_format(img8, a12, tmp_path):
 def test_unreadable(tmp_path):
     assert reason_of(tmp_path) == "unreadable"  # a directory: IsADirectoryError
     assert reason_of(tmp_path / "missing.png") == "unreadable"
+    os.mkfifo(tmp_path / "fifo.png")  # must be refused, not read: a FIFO without a writer blocks forever
+    import signal
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("load_image blocked on a FIFO"))
+    signal.alarm(10)
+    try:
+        assert reason_of(tmp_path / "fifo.png") == "unreadable"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_no_patient_identifiers_in_errors_or_logs(a12, tmp_path, caplog, recwarn):

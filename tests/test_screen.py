@@ -87,3 +87,26 @@ def test_cli_refuses_to_overwrite_an_interrupted_run(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stdout + r.stderr
     assert "--resume" in r.stdout + r.stderr
     assert partial.read_text() == '{"input": "a.png"}\n'
+
+
+def test_dangling_symlinks_and_loops_get_an_unreadable_line(data_root, tmp_path):
+    """Every path given gets a line: a dangling symlink and a symlink loop, named or inside a folder,
+    were dropped without a trace ("1 inputs" for 3 paths; issue 21, defect 8)."""
+    film = real_images(data_root, 1, seed=5)[0]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / f"film{film.suffix}").write_bytes(film.read_bytes())
+    (inp / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (inp / "loop_a.png").symlink_to(inp / "loop_b.png")
+    (inp / "loop_b.png").symlink_to(inp / "loop_a.png")
+    named = tmp_path / "named_dangling.png"
+    named.symlink_to(tmp_path / "also_gone.png")
+    out = tmp_path / "r.jsonl"
+    summary = screen([inp, named], out, threads=1)
+    results = {r["input"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert summary.total == 5 and len(results) == 5
+    for name in ("dangling.png", "loop_a.png", "loop_b.png"):
+        r = results[str(inp / name)]
+        assert (r["status"], r["reason"]) == ("rejected", "unreadable"), r
+    assert results[str(named)]["reason"] == "unreadable"
+    assert results[str(inp / f"film{film.suffix}")]["status"] == "ok"

@@ -19,9 +19,12 @@ Nothing here logs; error details never contain patient names, IDs or file paths.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import re
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -138,7 +141,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *,
     ``check_polarity=False`` skips the inversion check: for inputs that are not radiographs
     (lung masks are white lungs on black and would be "corrected")."""
     try:
-        data = Path(path).read_bytes()
+        data = _read_regular_file(Path(path))
     except OSError as e:  # no path in the detail: file names may carry patient names
         raise TbedgeInputError("unreadable", type(e).__name__) from None
     if not data:
@@ -158,6 +161,15 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *,
     except TbedgeInputError as e:
         e.sha256 = sha  # rejected results still identify the file (Result.sha256)
         raise
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The file's bytes; a FIFO, socket or device is refused first (reading a FIFO would block forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read()
 
 
 def sniff(data: bytes) -> str | None:

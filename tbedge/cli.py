@@ -104,7 +104,7 @@ def screen(
 
     Example: tbedge screen ../shared/data/nih_cxr14_512 --output r.jsonl --overlays ov/
     """
-    from .edge.screen import expand_inputs
+    from .edge.screen import EXIT_OUTPUTS_FAILED, expand_inputs
     from .edge.screen import screen as run_screen
 
     files, _ = expand_inputs(paths)
@@ -115,9 +115,12 @@ def screen(
     print(f"{s.total} inputs -> {output}" + (f" ({s.resumed} kept from the interrupted run)" if s.resumed else "")
           + ": " + ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
           + ("; triage " + ", ".join(f"{k} {v}" for k, v in sorted(s.triage.items())) if s.triage else "")
-          + ("; reasons " + ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items())) if s.reasons else ""))
+          + ("; reasons " + ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items())) if s.reasons else "")
+          + (f"; outputs failed {s.outputs_failed} (see each line's outputs)" if s.outputs_failed else ""))
     if s.refer.state in ("low", "high"):
         print(f"warning, operating point: {s.refer.message()}", file=sys.stderr)
+    if s.outputs_failed:
+        raise typer.Exit(EXIT_OUTPUTS_FAILED)
 
 
 @app.command()

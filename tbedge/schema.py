@@ -25,6 +25,9 @@ TRIAGE_CLEAR = "clear"
 
 CLASS_NAMES = ("normal", "tb", "other")
 
+# Kinds of files written for one input (Result.outputs).
+OUTPUT_KINDS = ("overlay", "mask", "dicom_sc", "dicom_sr")
+
 # Reason codes for "rejected" results: one per failure class, each with a sentence for humans.
 REASONS: dict[str, str] = {
     "empty_file": "the file has zero bytes",
@@ -98,6 +101,9 @@ class Result:
     lungs: LungsInfo | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
     duplicate_of: str | None = None
+    # Files written for this input: [{"kind": OUTPUT_KINDS, "path", "error": None | exception type}];
+    # None when none were asked for. Optional (added in 1.0 without a version change: readers may ignore it).
+    outputs: list[dict[str, Any]] | None = None
     schema_version: str = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -170,5 +176,14 @@ JSON_SCHEMA: dict[str, Any] = {
         "lungs": {"type": ["object", "null"]},
         "timing_ms": {"type": "object", "propertyNames": {"enum": [*STAGES, "total"]}},
         "duplicate_of": {"type": ["string", "null"]},
+        "outputs": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "required": ["kind", "path", "error"],
+                "properties": {"kind": {"enum": list(OUTPUT_KINDS)}, "path": {"type": "string"},
+                               "error": {"type": ["string", "null"]}},
+            },
+        },
     },
 }

@@ -9,6 +9,7 @@ after a crash and restart) yields the same objects, not new ones.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,19 @@ def _encode(ds) -> bytes:
     return buf.getvalue()
 
 
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def dicom_output_paths(scored: Scored, out_dir: str | Path) -> list[Path]:
+    """``<source SOP UID>_sc.dcm`` and ``_sr.dcm`` in ``out_dir``; the content hash names them when the
+    UID is not a valid UID (a hostile header must not choose a path, e.g. ``../x``)."""
+    uid = str(getattr(scored.image.dataset, "SOPInstanceUID", "") or "")
+    key = uid if _UID_RE.match(uid) and len(uid) <= 64 else (scored.result.sha256 or "nohash")
+    return [Path(out_dir) / f"{key}_sc.dcm", Path(out_dir) / f"{key}_sr.dcm"]
+
+
 def write_dicom_outputs(scored: Scored, out_dir: str | Path) -> list[Path]:
-    """Write ``<source SOP UID>_sc.dcm`` and ``<source SOP UID>_sr.dcm`` into ``out_dir`` (atomically).
+    """Write the SC and SR to :func:`dicom_output_paths` (atomically).
 
     Only for scored DICOM inputs (status ok, a source dataset); returns [] for anything else.
     """
@@ -127,10 +139,9 @@ def write_dicom_outputs(scored: Scored, out_dir: str | Path) -> list[Path]:
     for attr in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not getattr(src, attr, None):
             raise ValueError(f"source DICOM lacks {attr}; cannot reference it")
-    out_dir = Path(out_dir)
     sc = build_secondary_capture(scored)
     sr = build_structured_report(scored, sc)
-    paths = [out_dir / f"{src.SOPInstanceUID}_sc.dcm", out_dir / f"{src.SOPInstanceUID}_sr.dcm"]
+    paths = dicom_output_paths(scored, out_dir)
     for ds, p in zip((sc, sr), paths, strict=True):
         atomic_write_bytes(p, _encode(ds))
     return paths

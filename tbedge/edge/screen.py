@@ -6,15 +6,18 @@ import glob
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import schema
-from .outputs import JsonlWriter, native_mask, relative_name, render_overlay, write_png
+from .outputs import JsonlWriter, native_mask, output_stem, relative_name, render_overlay, write_png
 from .pipeline import Pipeline
 from .refer_rate import ReferRateCheck
 
 log = logging.getLogger("tbedge.screen")
+# The exit code of a run whose every input has its line but some output files failed (README).
+EXIT_OUTPUTS_FAILED = 3
 SKIP_PREFIXES = (".", "~")
 SKIP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".jsonl", ".csv", ".json", ".txt", ".md")
 
@@ -69,9 +72,11 @@ class ScreenSummary:
     reasons: Counter = field(default_factory=Counter)
     refer: ReferRateCheck = field(default_factory=ReferRateCheck)  # over the films the threshold decided
     resumed: int = 0  # results kept from an interrupted run (--resume), not scored again
+    outputs_failed: int = 0  # overlay / mask / DICOM files that could not be written (named on their lines)
 
     def add(self, r: dict) -> None:
         self.status[r["status"]] += 1
+        self.outputs_failed += sum(o["error"] is not None for o in r.get("outputs") or [])
         if r.get("triage"):
             self.triage[r["triage"]] += 1
         if r.get("reason"):
@@ -79,18 +84,41 @@ class ScreenSummary:
         self.refer.add(r)
 
 
-def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None, dicom_out: Path | None) -> None:
-    if s.result.status != schema.STATUS_OK:
-        return
-    stem = rel.with_suffix("")
+def _planned_outputs(s, stem: Path, overlays: Path | None, masks: Path | None,
+                     dicom_out: Path | None) -> list[tuple[tuple[str, ...], list[Path], Callable[[], object]]]:
+    """(kinds, paths, write) for each output asked for: the paths are known before anything is built,
+    so a failed output is still named on the result line."""
+    plan = []
     if overlays:
-        write_png(overlays / f"{stem}_overlay.png", render_overlay(s))
+        p = overlays / f"{stem}_overlay.png"
+        plan.append((("overlay",), [p], lambda: write_png(p, render_overlay(s))))
     if masks:
-        write_png(masks / f"{stem}_mask.png", native_mask(s))
+        q = masks / f"{stem}_mask.png"
+        plan.append((("mask",), [q], lambda: write_png(q, native_mask(s))))
     if dicom_out and s.image is not None and s.image.dataset is not None:
-        from .dicom_out import write_dicom_outputs
+        from .dicom_out import dicom_output_paths, write_dicom_outputs
 
-        write_dicom_outputs(s, dicom_out)
+        plan.append((("dicom_sc", "dicom_sr"), dicom_output_paths(s, dicom_out),
+                     lambda: write_dicom_outputs(s, dicom_out)))
+    return plan
+
+
+def write_extras(s, rel: Path, overlays: Path | None, masks: Path | None,
+                 dicom_out: Path | None) -> list[dict] | None:
+    """Write the outputs asked for; returns their records for ``Result.outputs`` (None: none asked).
+    A failure is recorded and logged by content hash, and never loses the score."""
+    if s.result.status != schema.STATUS_OK:
+        return None
+    records = []
+    for kinds, paths, write in _planned_outputs(s, output_stem(rel, s.result.sha256), overlays, masks, dicom_out):
+        error = None
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - an output failure must not lose the score
+            error = type(e).__name__  # the type only: messages carry paths, and paths patient names
+            log.warning("%s output failed for input %s: %s", "+".join(kinds), (s.result.sha256 or "?")[:12], error)
+        records += [{"kind": k, "path": str(p), "error": error} for k, p in zip(kinds, paths, strict=True)]
+    return records or None
 
 
 def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, backend: str = "auto",
@@ -115,10 +143,8 @@ def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, b
         for _ in range(summary.resumed if progress else 0):
             progress(None)
         for s in pipe.run(todo):
-            try:
-                write_extras(s, relative_name(Path(s.result.input), roots), overlays, masks, dicom_out)
-            except Exception as e:  # noqa: BLE001 - an output failure must not lose the score
-                log.warning("writing extras failed: %s", type(e).__name__)
+            s.result.outputs = write_extras(s, relative_name(Path(s.result.input), roots), overlays, masks,
+                                            dicom_out)
             out.write(s.result.to_json())
             summary.add(s.result.to_dict())
             if progress:

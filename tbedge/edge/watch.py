@@ -644,15 +644,25 @@ class Watcher:
             return
         if self.cfg.dicom_out and r.status == schema.STATUS_OK and s.image is not None \
                 and getattr(s.image, "dataset", None) is not None:
-            try:  # before "scored" is committed: after a crash the entry is rescored and these rewritten
-                from .dicom_out import write_dicom_outputs
-
-                write_dicom_outputs(s, self.dicom_dir)
-            except Exception as e:  # noqa: BLE001 - a DICOM output failure must not lose the score
-                if _is_disk_full(e):
-                    raise
-                log.warning("%s: DICOM SC/SR output failed (%s)", _tag(row), type(e).__name__)
+            r.outputs = self._write_dicom(row, s)
         self._record_scored(row, r)
+
+    def _write_dicom(self, row, s) -> list[dict]:
+        """SC + SR, before "scored" is committed (after a crash the entry is rescored and these rewritten);
+        the result records them, a failed one with its error type."""
+        from .dicom_out import dicom_output_paths, write_dicom_outputs
+
+        error = None
+        try:
+            write_dicom_outputs(s, self.dicom_dir)
+        except Exception as e:  # noqa: BLE001 - a DICOM output failure must not lose the score
+            if _is_disk_full(e):
+                raise
+            error = type(e).__name__
+            log.warning("%s: DICOM SC/SR output failed (%s)", _tag(row), error)
+        paths = dicom_output_paths(s, self.dicom_dir)
+        return [{"kind": k, "path": p.relative_to(self.cfg.out).as_posix(), "error": error}
+                for k, p in zip(("dicom_sc", "dicom_sr"), paths, strict=True)]
 
     # -- main loop --------------------------------------------------------------------------------------
     def _maybe_retention(self, now: float) -> None:

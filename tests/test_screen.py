@@ -162,3 +162,33 @@ def test_a_failed_output_is_recorded_on_its_line_and_the_run_exits_3(data_root, 
         assert o["kind"] == "overlay" and o["error"] and o["path"].startswith(str(blocker))
         assert x["sha256"][:12] in r.stderr  # the warning names the input by content hash
     assert "x.png" not in r.stderr  # never by file name
+
+
+def test_resume_matches_inputs_by_resolved_path_and_content(data_root, tmp_path, monkeypatch):
+    """A relative-path run resumed with absolute paths scored inputs twice (131 lines for 100 files;
+    issue 21, defect 11): each input once; a file rewritten between the runs is scored again."""
+    films = real_images(data_root, 4, seed=11)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i, p in enumerate(films[:3]):
+        (inp / f"{i}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "r.jsonl"
+    monkeypatch.chdir(tmp_path)
+
+    def stop_after_two(s, seen=[]):  # noqa: B006 - the calls of one run
+        seen.append(s)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        screen(["in"], out, progress=stop_after_two, threads=1)
+    first = [json.loads(line) for line in (tmp_path / "r.jsonl.partial").read_text().splitlines()]
+    assert [r["input"] for r in first] == ["in/0.png", "in/1.png"]
+    (inp / "1.png").write_bytes(films[3].read_bytes())  # rewritten: its old line is stale
+    summary = screen([inp], out, resume=True, threads=1)
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(results) == 3 and summary.total == 3 and summary.resumed == 1
+    by_name = {Path(r["input"]).name: r for r in results}
+    assert set(by_name) == {"0.png", "1.png", "2.png"}
+    assert by_name["0.png"]["input"] == "in/0.png"  # kept from the first run
+    assert by_name["1.png"]["sha256"] != first[1]["sha256"] and by_name["1.png"]["input"] == str(inp / "1.png")

@@ -152,6 +152,18 @@ class JsonlWriter:
             os.close(fd)
             raise
 
+    def drop_prior(self, stale: set[int]) -> None:
+        """Remove the prior lines at these indexes (inputs rewritten since): they are scored again. The
+        .partial is rewritten in place; a crash meanwhile only means more inputs are scored again."""
+        if not stale:
+            return
+        self.prior = [r for i, r in enumerate(self.prior) if i not in stale]
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write("".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in self.prior))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
     def write(self, line: str) -> None:
         self.f.write(line + "\n")
         self.f.flush()

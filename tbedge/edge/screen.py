@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import schema
+from ..fsio import sha256_file
 from .outputs import JsonlWriter, native_mask, output_stem, relative_name, render_overlay, write_png
 from .pipeline import Pipeline
 from .refer_rate import ReferRateCheck
@@ -62,6 +63,46 @@ def expand_inputs(items: list[str | Path]) -> tuple[list[Path], list[Path]]:
             seen.add(k)
             out.append(f)
     return out, roots
+
+
+def _sha(p: Path) -> str | None:
+    try:
+        return sha256_file(p)
+    except OSError:
+        return None
+
+
+def resume_split(files: list[Path], prior: list[dict]) -> tuple[list[Path], set[int]]:
+    """(inputs still to score, indexes of stale prior lines) for ``--resume``.
+
+    A prior line covers an input with the same resolved path and content hash (paths as given differ
+    between runs: relative, absolute, another folder); one whose file changed since is stale and scored
+    again. A prior line no input matches by path (a run from another working folder) covers one input
+    with its content hash."""
+    by_path = {input_key(Path(r["input"])): i for i, r in enumerate(prior)}
+    todo, stale, used = [], set(), set()
+    for f in files:
+        i = by_path.get(input_key(f))
+        if i is not None and (prior[i].get("sha256") is None or prior[i]["sha256"] == _sha(f)):
+            used.add(i)
+            continue
+        if i is not None:
+            stale.add(i)
+        todo.append(f)
+    orphans: dict[str, list[int]] = {}
+    for i, r in enumerate(prior):
+        if i not in used and i not in stale and r.get("sha256"):
+            orphans.setdefault(r["sha256"], []).append(i)
+    if not orphans:
+        return todo, stale
+    left = []
+    for f in todo:
+        match = orphans.get(_sha(f) or "")
+        if match:
+            match.pop()
+        else:
+            left.append(f)
+    return left, stale
 
 
 @dataclass
@@ -126,7 +167,7 @@ def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, b
            dicom_out: Path | None = None, progress=None, refer_min_films: int = 50,
            resume: bool = False, strict_engine: bool = False) -> ScreenSummary:
     """Score ``inputs`` into ``output``. With ``resume``, an interrupted run's results (``output``.partial)
-    are kept and their inputs (by the path as given) are not scored again."""
+    are kept and their inputs (same resolved path and content, :func:`resume_split`) are not scored again."""
     files, roots = expand_inputs(inputs)
     if not files:
         raise FileNotFoundError("no input files found")
@@ -135,8 +176,8 @@ def screen(inputs: list[str | Path], output: Path, engine: Path | None = None, b
     # The writer first: a stale .partial is refused before any model loads.
     with JsonlWriter(output, resume=resume) as out, \
             Pipeline(engine, backend=backend, batch=batch, threads=threads, strict_engine=strict_engine) as pipe:
-        done = {r["input"] for r in out.prior}
-        todo = [f for f in files if str(f) not in done]
+        todo, stale = resume_split(files, out.prior)
+        out.drop_prior(stale)
         for r in out.prior:
             summary.add(r)
         summary.resumed = len(files) - len(todo)

@@ -171,7 +171,8 @@ def segment(
 
     Example: tbedge segment xray.png --out seg/
     """
-    from .edge.segment import segment_files
+    from .edge.screen import EXIT_OUTPUTS_FAILED
+    from .edge.segment import OUTPUT_FAILED, segment_files
 
     files, skipped = segment_files(images, out, engine, backend, strict_engine)
     line = f"{len(files)} images -> {out}"
@@ -179,6 +180,8 @@ def segment(
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
         line += f"; skipped {sum(skipped.values())} ({reasons})"
     print(line)
+    if skipped.get(OUTPUT_FAILED):
+        raise typer.Exit(EXIT_OUTPUTS_FAILED)
 
 
 @app.command()

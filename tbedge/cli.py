@@ -25,7 +25,8 @@ app = typer.Typer(
 train_app = typer.Typer(help="Train the lung model or the TB classifier (needs the build extra).",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
-console = Console(stderr=True)
+# soft_wrap: rich wraps at 80 columns when stderr is not a terminal, which splits a one-line error in logs.
+console = Console(stderr=True, soft_wrap=True)
 _state = {"verbose": False}
 
 # Option names shared by every command (DEVELOPERS.md: same names everywhere).

@@ -321,3 +321,17 @@ def test_watch_scores_equal_screen_scores(data_root, tiny_bundle, tmp_path):
         for c, v in s["class_probabilities"].items():
             assert abs(r["class_probabilities"][c] - v) <= 1e-5
         assert r["triage"] == s["triage"] and r["lungs"]["bbox"] == s["lungs"]["bbox"]
+
+
+def test_an_inotify_event_during_a_clean_stop_is_not_an_error(tmp_path, caplog):
+    """watchdog logs an ERROR when an event reaches its emitter while the observer stops, which happened at
+    every clean SIGTERM stop (issue 21, defect 13): nothing at ERROR level may come of it."""
+    (tmp_path / "inc").mkdir()
+    w = W.Watcher(W.WatchConfig(incoming=tmp_path / "inc", out=tmp_path / "out"))
+    obs = w._start_observer()
+    emitter = next(iter(obs.emitters))
+    obs.stop()
+    obs.join(timeout=5)
+    caplog.set_level(logging.DEBUG)
+    emitter.queue_events(0)  # what the emitter thread does when an event arrives during the stop
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -59,6 +59,17 @@ EX_TEMPFAIL = 75  # sysexits.h: "try again later"; what a --once run that gave u
 REFER_SAVE_EVERY = 10  # counted films between writes of operating_point.json (also on a change and at close)
 
 
+class _StopRaceFilter(logging.Filter):
+    """watchdog logs an ERROR when an inotify event reaches an emitter that is stopping, which happened at
+    clean SIGTERM stops; nothing is lost then (the rescan finds every file), so the record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in str(record.msg)
+
+
+_STOP_RACE_FILTER = _StopRaceFilter()
+
+
 def is_temp_name(p: Path) -> bool:
     return p.name.startswith(TEMP_PREFIXES) or p.suffix.lower() in TEMP_SUFFIXES
 
@@ -360,6 +371,7 @@ class Watcher:
             log.warning("watchdog is not installed: relying on the periodic rescan only")
             return None
         watcher = self
+        logging.getLogger("watchdog.observers.inotify").addFilter(_STOP_RACE_FILTER)  # once: a set
 
         class Handler(FileSystemEventHandler):
             def on_created(self, event):

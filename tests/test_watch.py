@@ -134,6 +134,9 @@ class _Flaky:
     def __init__(self, pipe, fails: dict[str, int]):
         self.pipe, self.fails, self.backend, self.batch = pipe, dict(fails), pipe.backend, pipe.batch
 
+    def __getattr__(self, name):  # bundle, models, fallback...: the wrapped pipeline's (engine.json reads them)
+        return getattr(self.pipe, name)
+
     def run(self, paths):
         for s in self.pipe.run(paths):
             name = Path(s.result.input).name

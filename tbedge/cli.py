@@ -25,7 +25,8 @@ app = typer.Typer(
 train_app = typer.Typer(help="Train the lung model or the TB classifier (needs the build extra).",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
-console = Console(stderr=True)
+# soft_wrap: rich wraps at 80 columns when stderr is not a terminal, which splits a one-line error in logs.
+console = Console(stderr=True, soft_wrap=True)
 _state = {"verbose": False}
 
 # Option names shared by every command (DEVELOPERS.md: same names everywhere).
@@ -104,7 +105,7 @@ def screen(
 
     Example: tbedge screen ../shared/data/nih_cxr14_512 --output r.jsonl --overlays ov/
     """
-    from .edge.screen import expand_inputs
+    from .edge.screen import EXIT_OUTPUTS_FAILED, expand_inputs
     from .edge.screen import screen as run_screen
 
     files, _ = expand_inputs(paths)
@@ -115,9 +116,12 @@ def screen(
     print(f"{s.total} inputs -> {output}" + (f" ({s.resumed} kept from the interrupted run)" if s.resumed else "")
           + ": " + ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
           + ("; triage " + ", ".join(f"{k} {v}" for k, v in sorted(s.triage.items())) if s.triage else "")
-          + ("; reasons " + ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items())) if s.reasons else ""))
+          + ("; reasons " + ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items())) if s.reasons else "")
+          + (f"; outputs failed {s.outputs_failed} (see each line's outputs)" if s.outputs_failed else ""))
     if s.refer.state in ("low", "high"):
         print(f"warning, operating point: {s.refer.message()}", file=sys.stderr)
+    if s.outputs_failed:
+        raise typer.Exit(EXIT_OUTPUTS_FAILED)
 
 
 @app.command()
@@ -168,7 +172,8 @@ def segment(
 
     Example: tbedge segment xray.png --out seg/
     """
-    from .edge.segment import segment_files
+    from .edge.screen import EXIT_OUTPUTS_FAILED
+    from .edge.segment import OUTPUT_FAILED, segment_files
 
     files, skipped = segment_files(images, out, engine, backend, strict_engine)
     line = f"{len(files)} images -> {out}"
@@ -176,6 +181,8 @@ def segment(
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
         line += f"; skipped {sum(skipped.values())} ({reasons})"
     print(line)
+    if skipped.get(OUTPUT_FAILED):
+        raise typer.Exit(EXIT_OUTPUTS_FAILED)
 
 
 @app.command()
@@ -537,7 +544,8 @@ def _user_errors() -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns a command's typer.Exit code instead of raising it.
+        rc = app(args=argv, standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):
@@ -555,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"error: {type(e).__name__}: {e} (run with --verbose for details)", markup=False,
                       highlight=False)
         return 1
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

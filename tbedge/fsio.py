@@ -26,12 +26,21 @@ def fsync_dir(d: str | Path) -> None:
         os.close(fd)
 
 
+NAME_MAX_BYTES = 255  # one path component on Linux and macOS file systems
+
+
+def cut_name(name: str, max_bytes: int) -> str:
+    """``name`` cut to at most ``max_bytes`` UTF-8 bytes, never inside a character."""
+    return name.encode()[:max_bytes].decode("utf-8", "ignore")
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    tail = f".tmp{os.getpid()}{path.suffix}"  # the temp name must fit NAME_MAX even when the target just does
+    tmp = path.with_name("." + cut_name(path.name, NAME_MAX_BYTES - 1 - len(tail.encode())) + tail)
     try:
         yield tmp
         with open(tmp, "rb+") as f:

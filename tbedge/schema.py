@@ -25,6 +25,9 @@ TRIAGE_CLEAR = "clear"
 
 CLASS_NAMES = ("normal", "tb", "other")
 
+# Kinds of files written for one input (Result.outputs).
+OUTPUT_KINDS = ("overlay", "mask", "dicom_sc", "dicom_sr")
+
 # Reason codes for "rejected" results: one per failure class, each with a sentence for humans.
 REASONS: dict[str, str] = {
     "empty_file": "the file has zero bytes",
@@ -32,6 +35,7 @@ REASONS: dict[str, str] = {
     "truncated": "the file ends before the image data does (incomplete copy or transfer)",
     "unsupported_format": "an image format or DICOM encoding tbedge cannot decode",
     "too_large": "the image header declares more pixels than the configured limit",
+    "too_small": "the image is too small to read (shorter side under 128 pixels: a thumbnail, not a film)",
     "dicom_no_pixels": "a DICOM object without Pixel Data (e.g. a report or a structured object)",
     "dicom_not_cxr": "the DICOM modality or body part is clearly not a chest radiograph",
     "dicom_lateral": "a lateral view (ViewPosition LL/RL); tbedge reads frontal films only",
@@ -97,6 +101,9 @@ class Result:
     lungs: LungsInfo | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
     duplicate_of: str | None = None
+    # Files written for this input: [{"kind": OUTPUT_KINDS, "path", "error": None | exception type}];
+    # None when none were asked for. Optional (added in 1.0 without a version change: readers may ignore it).
+    outputs: list[dict[str, Any]] | None = None
     schema_version: str = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -169,5 +176,14 @@ JSON_SCHEMA: dict[str, Any] = {
         "lungs": {"type": ["object", "null"]},
         "timing_ms": {"type": "object", "propertyNames": {"enum": [*STAGES, "total"]}},
         "duplicate_of": {"type": ["string", "null"]},
+        "outputs": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "required": ["kind", "path", "error"],
+                "properties": {"kind": {"enum": list(OUTPUT_KINDS)}, "path": {"type": "string"},
+                               "error": {"type": ["string", "null"]}},
+            },
+        },
     },
 }

@@ -43,3 +43,18 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, expect):
 def test_verbose_shows_details(tmp_path):
     r = run("--verbose", "screen", str(tmp_path), "--output", str(tmp_path / "r.jsonl"), "--engine", str(tmp_path))
     assert r.returncode != 0 and "Traceback" in r.stdout + r.stderr
+
+
+def test_watch_once_exit_code_reaches_the_shell(tmp_path):
+    """`tbedge watch --once` that gives up (here: not enough free space) exits 75, as documented, not 0."""
+    (tmp_path / "inc").mkdir()
+    r = run("watch", str(tmp_path / "inc"), "--out", str(tmp_path / "o"), "--once", "--min-free-mb", "99999999")
+    assert r.returncode == 75, r.stderr
+
+
+def test_a_one_line_error_stays_one_line_when_stderr_is_not_a_terminal(tmp_path):
+    """Rich wrapped errors at 80 columns when stderr was a pipe (issue 21, defect 13)."""
+    missing = tmp_path / ("a_rather_long_folder_name_" * 6) / "films"
+    r = run("screen", str(missing), "--output", str(tmp_path / "r.jsonl"))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and str(missing) in r.stderr, r.stderr

@@ -96,3 +96,35 @@ def test_no_dicom_outputs_for_png_or_rejected(data_root, tiny_bundle, tmp_path):
     assert write_dicom_outputs(png, tmp_path / "d") == []
     assert write_dicom_outputs(empty, tmp_path / "d") == []
     assert not (tmp_path / "d").exists()
+
+
+# Real films often lack these, or carry dates in another format (issue 21, defect 3): SC + SR are still
+# written; what is missing or malformed is left empty, as the IODs allow for these Type 2 attributes.
+@pytest.mark.parametrize("change", [
+    {"PatientSex": None}, {"StudyID": None}, {"StudyTime": None}, {"AccessionNumber": None},
+    {"PatientName": None, "PatientID": None, "PatientBirthDate": None, "StudyDate": None,
+     "ReferringPhysicianName": None},
+    {"StudyDate": "2024-01-02", "PatientBirthDate": "1980", "StudyTime": "10:15:00", "PatientSex": "X?"},
+])
+def test_sc_and_sr_are_written_when_tags_are_missing_or_malformed(data_root, tmp_path, change):
+    make_cxr_dicom(real_images(data_root, 1, seed=17)[0], tmp_path / "full.dcm")
+    ds = pydicom.dcmread(tmp_path / "full.dcm")
+    for k, v in change.items():
+        if v is None:
+            delattr(ds, k)
+        else:
+            setattr(ds, k, v)
+    ds.save_as(tmp_path / "cxr.dcm", enforce_file_format=True)
+    with Pipeline(None, batch=1, threads=1) as pipe:  # the shipped default bundle
+        scored = pipe.score_one(tmp_path / "cxr.dcm")
+    assert scored.result.status == "ok"
+    sc, sr = (pydicom.dcmread(p) for p in write_dicom_outputs(scored, tmp_path / "dicom"))
+    for out in (sc, sr):
+        assert out.StudyInstanceUID == ds.StudyInstanceUID
+        for k in change:
+            assert str(out.get(k, "") or "") == "", k  # missing or malformed: empty, never invented
+        kept = {"PatientID": "PID-42", "AccessionNumber": "ACC1", "StudyID": "7", "PatientSex": "F"}
+        for k, v in kept.items():
+            if k not in change:
+                assert out.get(k) == v, k  # what exists is copied
+    assert _sr_values(sr)["Source of Measurement"] == ds.SOPInstanceUID

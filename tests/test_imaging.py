@@ -420,6 +420,26 @@ def test_too_large_jpeg_and_dicom_headers(img8, a12, tmp_path, sm_images):
     assert load_image(png, max_pixels=512 * 512).pixels.shape == (512, 512)
 
 
+def test_thumbnails_are_too_small_not_scored(img8, a12, tmp_path):
+    """A 10-32 px thumbnail of a real film scored "clear" (issue 21, defect 5): below MIN_SIDE it is
+    rejected from its header, for PNG, JPEG and DICOM alike; MIN_SIDE itself is kept."""
+    for side in (10, 16, 24, 32, imaging.MIN_SIDE - 1):
+        small = cv2.resize(img8, (side, side), interpolation=cv2.INTER_AREA)
+        for ext in (".png", ".jpg"):
+            cv2.imwrite(str(tmp_path / f"t{side}{ext}"), small)
+            assert reason_of(tmp_path / f"t{side}{ext}") == "too_small", (side, ext)
+    for shape in ((1, 5000), (5000, 1), (imaging.MIN_SIDE - 1, 2000)):
+        cv2.imwrite(str(tmp_path / "strip.png"), np.zeros(shape, np.uint8))
+        assert reason_of(tmp_path / "strip.png") == "too_small", shape
+    d = make_dicom(tmp_path / "t.dcm", to_bits(cv2.resize(img8, (32, 32), interpolation=cv2.INTER_AREA), 12),
+                   bits_stored=12)
+    assert reason_of(d) == "too_small"
+    edge = cv2.resize(img8, (imaging.MIN_SIDE, imaging.MIN_SIDE), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tmp_path / "edge.png"), edge)
+    assert load_image(tmp_path / "edge.png").pixels.shape == (imaging.MIN_SIDE, imaging.MIN_SIDE)
+    assert f"under {imaging.MIN_SIDE} pixels" in schema.REASONS["too_small"]  # the documented limit
+
+
 def test_unsupported_format(img8, a12, tmp_path):
     for ext in (".bmp", ".tiff"):
         p = tmp_path / f"x{ext}"
@@ -437,6 +457,15 @@ def test_unsupported_format(img8, a12, tmp_path):
 def test_unreadable(tmp_path):
     assert reason_of(tmp_path) == "unreadable"  # a directory: IsADirectoryError
     assert reason_of(tmp_path / "missing.png") == "unreadable"
+    os.mkfifo(tmp_path / "fifo.png")  # must be refused, not read: a FIFO without a writer blocks forever
+    import signal
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("load_image blocked on a FIFO"))
+    signal.alarm(10)
+    try:
+        assert reason_of(tmp_path / "fifo.png") == "unreadable"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_no_patient_identifiers_in_errors_or_logs(a12, tmp_path, caplog, recwarn):
@@ -457,7 +486,8 @@ def test_no_patient_identifiers_in_errors_or_logs(a12, tmp_path, caplog, recwarn
 
 def test_every_reason_code_is_exercised():
     """Keep this list in step with schema.REASONS: each code has a test above."""
-    tested = {"empty_file", "not_an_image", "truncated", "unsupported_format", "too_large", "dicom_no_pixels",
+    tested = {"empty_file", "not_an_image", "truncated", "unsupported_format", "too_large", "too_small",
+              "dicom_no_pixels",
               "dicom_not_cxr", "dicom_lateral", "dicom_multiframe", "unreadable"}
     assert tested == set(schema.REASONS)
 

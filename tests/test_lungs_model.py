@@ -1,5 +1,7 @@
 """The shipped lung model on real images: Dice, native-resolution path, QA on non-radiographs."""
 
+import hashlib
+
 import cv2
 import numpy as np
 import pytest
@@ -84,8 +86,9 @@ def test_segment_writes_native_masks_and_skips_bad_files(data_root, tmp_path):
     assert sorted(p.name for p in written) == sorted(s.path.name for s in picks)
     assert sum(skipped.values()) == 1
     for s in picks:
-        mask = cv2.imread(str(tmp_path / "seg" / f"{s.path.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
-        overlay = cv2.imread(str(tmp_path / "seg" / f"{s.path.stem}_overlay.png"))
+        stem = f"{s.path.stem}_{hashlib.sha256(s.path.read_bytes()).hexdigest()[:12]}"  # per input: name + hash
+        mask = cv2.imread(str(tmp_path / "seg" / f"{stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+        overlay = cv2.imread(str(tmp_path / "seg" / f"{stem}_overlay.png"))
         gt = read_mask(s.mask)
         assert mask.shape == gt.shape == overlay.shape[:2]
         assert set(np.unique(mask)) <= {0, 255}

@@ -120,7 +120,7 @@ def test_audit_folder_joins_scores_by_path_and_reports_no_paths(tmp_path):
         (site / label).mkdir(parents=True)
         for i in range(8):
             p = site / label / f"{label}{i}.png"
-            cv2.imwrite(str(p), np.round(_phantom(rng, off + rng.normal(0, 0.05), 64) * 255).astype(np.uint8))
+            cv2.imwrite(str(p), np.round(_phantom(rng, off + rng.normal(0, 0.05), 128) * 255).astype(np.uint8))
             rows.append([str(p), label, "clinic", f"{rng.random():.4f}"])
     pred = tmp_path / "predictions.csv"
     with open(pred, "w", newline="") as f:

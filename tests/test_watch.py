@@ -134,6 +134,9 @@ class _Flaky:
     def __init__(self, pipe, fails: dict[str, int]):
         self.pipe, self.fails, self.backend, self.batch = pipe, dict(fails), pipe.backend, pipe.batch
 
+    def __getattr__(self, name):  # bundle, models, fallback...: the wrapped pipeline's (engine.json reads them)
+        return getattr(self.pipe, name)
+
     def run(self, paths):
         for s in self.pipe.run(paths):
             name = Path(s.result.input).name
@@ -321,3 +324,46 @@ def test_watch_scores_equal_screen_scores(data_root, tiny_bundle, tmp_path):
         for c, v in s["class_probabilities"].items():
             assert abs(r["class_probabilities"][c] - v) <= 1e-5
         assert r["triage"] == s["triage"] and r["lungs"]["bbox"] == s["lungs"]["bbox"]
+
+
+def test_an_inotify_event_during_a_clean_stop_is_not_an_error(tmp_path, caplog):
+    """watchdog logs an ERROR when an event reaches its emitter while the observer stops, which happened at
+    every clean SIGTERM stop (issue 21, defect 13): nothing at ERROR level may come of it."""
+    (tmp_path / "inc").mkdir()
+    w = W.Watcher(W.WatchConfig(incoming=tmp_path / "inc", out=tmp_path / "out"))
+    obs = w._start_observer()
+    emitter = next(iter(obs.emitters))
+    obs.stop()
+    obs.join(timeout=5)
+    caplog.set_level(logging.DEBUG)
+    emitter.queue_events(0)  # what the emitter thread does when an event arrives during the stop
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_film_whose_file_steps_keep_failing_is_quarantined_and_the_queue_goes_on(data_root, tmp_path):
+    """A second file with the same 255-byte name failed to move (ENAMETOOLONG) on every retry and the films
+    after it were never scored (issue 21, defect 10). Now its name is cut to fit, and a film whose move
+    keeps failing for another reason (a file where its folder should be) is quarantined after
+    max_attempts under a short name, while the others are scored."""
+    incoming, out = tmp_path / "in", tmp_path / "out"
+    incoming.mkdir()
+    a, b, c, d = real_images(data_root, 4, seed=13)
+    long_name = "n" * 251 + ".png"
+    (incoming / long_name).write_bytes(a.read_bytes())
+    with Pipeline(None, batch=4, threads=1) as p:  # the shipped default bundle
+        assert W.Watcher(_cfg(incoming, out, None), pipeline=p).run() == 0
+        (incoming / long_name).write_bytes(b.read_bytes())  # the same name again: "<name>.<id>.png" is too long
+        (incoming / "sub").mkdir()
+        (incoming / "sub" / "x.png").write_bytes(c.read_bytes())
+        day = dt.datetime.now(dt.timezone.utc).date().isoformat()
+        (out / "processed" / day / "sub").write_text("a file in the way of the folder")
+        (incoming / "later.png").write_bytes(d.read_bytes())
+        assert W.Watcher(_cfg(incoming, out, None), pipeline=p).run() == 0
+    rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    moved = {r["input"]: r["moved_to"] for r in rows}
+    assert moved["later.png"] == f"processed/{day}/later.png"
+    assert moved["sub/x.png"].startswith("quarantine/unfinished/") and (out / moved["sub/x.png"]).is_file()
+    again = [r["moved_to"] for r in rows if r["input"] == long_name]
+    assert len(again) == 2 and all((out / m).is_file() and len(Path(m).name.encode()) <= 255 for m in again)
+    assert not list(incoming.rglob("*.png"))

@@ -8,7 +8,10 @@ after a crash and restart) yields the same objects, not new ones.
 
 from __future__ import annotations
 
+import copy
+import datetime
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,41 @@ def _orientation(ds) -> tuple[str, str]:
     return "L", "F"
 
 
+# Patient and study attributes the SC and SR copy from the source. All are Type 2 there (present, may be
+# empty), and real films often lack them or carry malformed values, which highdicom refuses: a missing or
+# malformed one is written empty rather than dropping the outputs (or inventing a value).
+_DA = re.compile(r"^\d{8}$")
+_TM = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?$")
+_TYPE2_CHECKS = {
+    "PatientName": None, "PatientID": None, "AccessionNumber": None, "StudyID": None,
+    "ReferringPhysicianName": None,
+    "PatientBirthDate": lambda v: bool(_DA.match(v)) and _valid_date(v),
+    "StudyDate": lambda v: bool(_DA.match(v)) and _valid_date(v),
+    "StudyTime": lambda v: bool(_TM.match(v)),
+    "PatientSex": lambda v: v in ("M", "F", "O"),
+}
+
+
+def _valid_date(v: str) -> bool:
+    try:
+        datetime.date(int(v[:4]), int(v[4:6]), int(v[6:8]))
+    except ValueError:
+        return False
+    return True
+
+
+def reference_dataset(src):
+    """A copy of the source headers with each copied Type 2 attribute present: kept when valid, else empty."""
+    ref = copy.deepcopy(src)
+    for name, valid in _TYPE2_CHECKS.items():
+        raw = src.get(name)
+        value = "" if raw is None else str(raw).strip()
+        if value and valid is not None and not valid(value):
+            value = ""
+        setattr(ref, name, value)
+    return ref
+
+
 def _concept(value: str, meaning: str):
     from highdicom.sr import CodedConcept
 
@@ -52,7 +90,7 @@ def build_secondary_capture(scored: Scored):
     rgb = np.ascontiguousarray(render_overlay(scored)[..., ::-1])  # BGR -> RGB
     key = scored.result.sha256 or ""
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=src, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
+        ref_dataset=reference_dataset(src), pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=_uid(src.SOPInstanceUID, "sc-series"),
         series_number=SC_SERIES_NUMBER, sop_instance_uid=_uid(src.SOPInstanceUID, key, "sc"),
         instance_number=1, manufacturer=MANUFACTURER, patient_orientation=_orientation(src),
@@ -91,7 +129,7 @@ def build_structured_report(scored: Scored, sc=None):
         items.append(hd.sr.TextContentItem(_concept("MODELS", "Models"), desc, relationship_type=contains))
     items.append(hd.sr.ImageContentItem(codes.DCM.SourceOfMeasurement, src.SOPClassUID, src.SOPInstanceUID,
                                         relationship_type=contains))
-    evidence = [src]
+    evidence = [reference_dataset(src)]  # patient and study modules come from the first evidence object
     if sc is not None:
         items.append(hd.sr.ImageContentItem(_concept("HEATMAP", "TB heat map"), sc.SOPClassUID,
                                             sc.SOPInstanceUID, relationship_type=contains))
@@ -114,8 +152,19 @@ def _encode(ds) -> bytes:
     return buf.getvalue()
 
 
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def dicom_output_paths(scored: Scored, out_dir: str | Path) -> list[Path]:
+    """``<source SOP UID>_sc.dcm`` and ``_sr.dcm`` in ``out_dir``; the content hash names them when the
+    UID is not a valid UID (a hostile header must not choose a path, e.g. ``../x``)."""
+    uid = str(getattr(scored.image.dataset, "SOPInstanceUID", "") or "")
+    key = uid if _UID_RE.match(uid) and len(uid) <= 64 else (scored.result.sha256 or "nohash")
+    return [Path(out_dir) / f"{key}_sc.dcm", Path(out_dir) / f"{key}_sr.dcm"]
+
+
 def write_dicom_outputs(scored: Scored, out_dir: str | Path) -> list[Path]:
-    """Write ``<source SOP UID>_sc.dcm`` and ``<source SOP UID>_sr.dcm`` into ``out_dir`` (atomically).
+    """Write the SC and SR to :func:`dicom_output_paths` (atomically).
 
     Only for scored DICOM inputs (status ok, a source dataset); returns [] for anything else.
     """
@@ -127,10 +176,9 @@ def write_dicom_outputs(scored: Scored, out_dir: str | Path) -> list[Path]:
     for attr in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not getattr(src, attr, None):
             raise ValueError(f"source DICOM lacks {attr}; cannot reference it")
-    out_dir = Path(out_dir)
     sc = build_secondary_capture(scored)
     sr = build_structured_report(scored, sc)
-    paths = [out_dir / f"{src.SOPInstanceUID}_sc.dcm", out_dir / f"{src.SOPInstanceUID}_sr.dcm"]
+    paths = dicom_output_paths(scored, out_dir)
     for ds, p in zip((sc, sr), paths, strict=True):
         atomic_write_bytes(p, _encode(ds))
     return paths

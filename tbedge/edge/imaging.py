@@ -19,9 +19,12 @@ Nothing here logs; error details never contain patient names, IDs or file paths.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import re
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -35,6 +38,11 @@ import numpy as np
 from ..schema import TbedgeInputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# A shorter side below this is a thumbnail or a strip, not a film: 10-32 px copies of real films scored
+# "clear", one of them a film scored 94 at full size. The lung model reads 256 px and the smallest films
+# of ../shared/data are 256 px; at 128 px a 43 cm film has 3.4 mm pixels, coarser than the small nodules
+# and cavities a reader looks for. Rejected from the header (``too_small``), before decoding.
+MIN_SIDE = 128
 LOW_LEVELS = 64  # fewer distinct grey levels than this (on a sample) -> QA flag low_bit_depth
 UNDER_AGE_YEARS = 15.0
 
@@ -133,7 +141,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *,
     ``check_polarity=False`` skips the inversion check: for inputs that are not radiographs
     (lung masks are white lungs on black and would be "corrected")."""
     try:
-        data = Path(path).read_bytes()
+        data = _read_regular_file(Path(path))
     except OSError as e:  # no path in the detail: file names may carry patient names
         raise TbedgeInputError("unreadable", type(e).__name__) from None
     if not data:
@@ -153,6 +161,15 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *,
     except TbedgeInputError as e:
         e.sha256 = sha  # rejected results still identify the file (Result.sha256)
         raise
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The file's bytes; a FIFO, socket or device is refused first (reading a FIFO would block forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read()
 
 
 def sniff(data: bytes) -> str | None:
@@ -333,6 +350,8 @@ def _grey_levels(arr: np.ndarray) -> int:
 def _check_size(w: int, h: int, max_pixels: int) -> None:
     if w * h > max_pixels:
         raise TbedgeInputError("too_large", f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
+    if min(w, h) < MIN_SIDE:
+        raise TbedgeInputError("too_small", f"{w}x{h}: shorter side < {MIN_SIDE} pixels")
 
 
 # -- DICOM ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..fsio import atomic_write_bytes, fsync_dir, try_lock
+from ..fsio import atomic_write_bytes, cut_name, fsync_dir, try_lock
 from . import lungs as L
 from .pipeline import Scored
 
@@ -93,11 +93,21 @@ def render_overlay(s: Scored) -> np.ndarray:
     return out
 
 
+STEM_MAX_BYTES = 160  # leaves room for "_<sha12>_overlay.png" and the temp name of an atomic write
+
+
+def output_stem(rel: Path, sha256: str | None) -> Path:
+    """``<folders>/<stem>_<sha256[:12]>``: outputs of inputs that share a file name (a glob over folders)
+    never overwrite each other, and a 255-byte input name still gives output names that fit."""
+    stem = cut_name(rel.with_suffix("").name, STEM_MAX_BYTES)
+    return rel.parent / f"{stem}_{(sha256 or 'nohash')[:12]}"
+
+
 def relative_name(path: Path, roots: list[Path]) -> Path:
     """``path`` relative to the input root it came from (folders kept), else just its name."""
     for root in roots:
-        try:
-            return path.resolve().relative_to(root.resolve())
+        try:  # realpath, not resolve(): a symlink loop must not raise here
+            return Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
         except ValueError:
             continue
     return Path(path.name)
@@ -141,6 +151,18 @@ class JsonlWriter:
         except BaseException:
             os.close(fd)
             raise
+
+    def drop_prior(self, stale: set[int]) -> None:
+        """Remove the prior lines at these indexes (inputs rewritten since): they are scored again. The
+        .partial is rewritten in place; a crash meanwhile only means more inputs are scored again."""
+        if not stale:
+            return
+        self.prior = [r for i, r in enumerate(self.prior) if i not in stale]
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write("".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in self.prior))
+        self.f.flush()
+        os.fsync(self.f.fileno())
 
     def write(self, line: str) -> None:
         self.f.write(line + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -9,9 +10,11 @@ import numpy as np
 
 from ..schema import STATUS_OK
 from . import lungs as L
-from .outputs import relative_name, write_png
+from .outputs import output_stem, relative_name, write_png
 from .pipeline import Pipeline
 from .screen import expand_inputs
+
+log = logging.getLogger("tbedge.segment")
 
 
 def segment_overlay(img: np.ndarray, lr: L.LungResult) -> np.ndarray:
@@ -28,23 +31,36 @@ def segment_overlay(img: np.ndarray, lr: L.LungResult) -> np.ndarray:
     return out
 
 
+OUTPUT_FAILED = "output_failed"  # the key in ``skipped`` for films whose mask or overlay could not be written
+
+
+def _write_film(s, stem: Path, out: Path) -> None:
+    img, lr = s.image.pixels, s.lungs
+    write_png(out / f"{stem}_mask.png", L.mask_to_native(lr.mask, img.shape) * np.uint8(255))
+    write_png(out / f"{stem}_overlay.png", segment_overlay(img, lr))
+
+
 def segment_files(inputs: list[str | Path], out: Path, engine: Path | None = None,
                   backend: str = "auto", strict_engine: bool = False) -> tuple[list[Path], dict[str, int]]:
-    """Mask + overlay for each image, through the pipeline's own lung stage (same decoding, batching,
-    self-test and per-file error handling as ``screen``; the classifier is not loaded). A file that
-    cannot be read or segmented is skipped, never the whole run: returns the files written and the
-    count of skipped ones per reason code."""
+    """Mask + overlay for each image (``<name>_<sha256[:12]>_mask.png``, ``_overlay.png``), through the
+    pipeline's own lung stage (same decoding, batching, self-test and per-file error handling as ``screen``;
+    the classifier is not loaded). A file that cannot be read, segmented or written is skipped, never the
+    whole run: returns the files written and the count of skipped ones per reason code (``output_failed``
+    for a write that failed, logged by content hash: file names can carry patient names)."""
     files, roots = expand_inputs(inputs)
     written: list[Path] = []
     skipped: dict[str, int] = {}
     with Pipeline(engine, backend=backend, roles=("lungs",), strict_engine=strict_engine) as pipe:
         for f, s in zip(files, pipe.run(files), strict=True):
-            if s.result.status != STATUS_OK:
-                skipped[s.result.reason] = skipped.get(s.result.reason, 0) + 1
-                continue
-            img, lr = s.image.pixels, s.lungs
-            stem = relative_name(f, roots).with_suffix("")
-            write_png(out / f"{stem}_mask.png", L.mask_to_native(lr.mask, img.shape) * np.uint8(255))
-            write_png(out / f"{stem}_overlay.png", segment_overlay(img, lr))
-            written.append(f)
+            reason = s.result.reason if s.result.status != STATUS_OK else None
+            if reason is None:
+                try:
+                    _write_film(s, output_stem(relative_name(f, roots), s.result.sha256), out)
+                    written.append(f)
+                except Exception as e:  # noqa: BLE001 - one film's outputs never stop the others
+                    log.warning("segment output failed for input %s: %s", (s.result.sha256 or "?")[:12],
+                                type(e).__name__)
+                    reason = OUTPUT_FAILED
+            if reason is not None:
+                skipped[reason] = skipped.get(reason, 0) + 1
     return written, skipped

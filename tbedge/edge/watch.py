@@ -7,6 +7,7 @@ Files dropped into INCOMING are scored once each; RESULTS gets::
   processed/<YYYY-MM-DD>/...                   scored inputs (kept ``retention_days``, then deleted
                                                or moved to ``archive_dir``)
   quarantine/<reason>/...                      rejected inputs and inputs that kept failing
+  quarantine/unfinished/<id>_<sha[:12]>.ext    scored inputs whose move kept failing (the queue goes on)
   dicom/<source SOP UID>_{sc,sr}.dcm           Secondary Capture + Structured Report (DICOM inputs)
   logs/watch.log                               rotated; inputs named by journal id + sha256 prefix
   journal.sqlite                               the durable state machine (see journal.py)
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import schema
-from ..fsio import atomic_write_bytes, fsync_dir, sha256_file, try_lock
+from ..fsio import NAME_MAX_BYTES, atomic_write_bytes, cut_name, fsync_dir, sha256_file, try_lock
 from .journal import FINISHING_STATES, QUEUED_STATES, Journal
 from .refer_rate import STATE_FILE, ReferRateCheck
 
@@ -57,6 +58,26 @@ LOG_BACKUPS = 10
 RETENTION_EVERY_S = 3600.0
 EX_TEMPFAIL = 75  # sysexits.h: "try again later"; what a --once run that gave up returns
 REFER_SAVE_EVERY = 10  # counted films between writes of operating_point.json (also on a change and at close)
+
+
+class _StopRaceFilter(logging.Filter):
+    """watchdog logs an ERROR when an inotify event reaches an emitter that is stopping, which happened at
+    clean SIGTERM stops; nothing is lost then (the rescan finds every file), so the record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in str(record.msg)
+
+
+_STOP_RACE_FILTER = _StopRaceFilter()
+
+
+UNFINISHED_DIR = "unfinished"  # quarantine/unfinished/: inputs whose file steps kept failing
+
+
+def with_entry_id(dest: Path, entry_id: int) -> Path:
+    """``<stem>.<id><suffix>``, the stem cut so the name still fits NAME_MAX (a 255-byte name arriving twice)."""
+    tail = f".{entry_id}{dest.suffix}"
+    return dest.with_name(cut_name(dest.stem, NAME_MAX_BYTES - len(tail.encode())) + tail)
 
 
 def is_temp_name(p: Path) -> bool:
@@ -261,6 +282,8 @@ class Watcher:
         self._last_retention = 0.0
         self._lock_fd: int | None = None
         self.refer: ReferRateCheck | None = None
+        self._finish_failures: dict[int, int] = {}  # entry id -> failed tries of its file steps
+        self._given_up: set[int] = set()  # entries not even quarantine could take (until the next start)
 
     # -- setup ------------------------------------------------------------------------------------------
     def _acquire_lock(self) -> None:
@@ -360,6 +383,7 @@ class Watcher:
             log.warning("watchdog is not installed: relying on the periodic rescan only")
             return None
         watcher = self
+        logging.getLogger("watchdog.observers.inotify").addFilter(_STOP_RACE_FILTER)  # once: a set
 
         class Handler(FileSystemEventHandler):
             def on_created(self, event):
@@ -491,7 +515,7 @@ class Watcher:
             base = self.quarantine_dir / (result.reason or "unknown")
         dest = base / row["rel"]
         if dest.exists() or self.journal.dest_taken(str(dest), row["id"]):
-            dest = dest.with_name(f"{dest.stem}.{row['id']}{dest.suffix}")
+            dest = with_entry_id(dest, row["id"])
         return str(dest)
 
     def _record_scored(self, row, result: schema.Result) -> None:
@@ -520,7 +544,7 @@ class Watcher:
                 if sha256_file(dest) == row["sha256"]:
                     src.unlink()  # an interrupted cross-filesystem move had already copied it
                 else:
-                    dest = dest.with_name(f"{dest.stem}.{row['id']}{dest.suffix}")
+                    dest = with_entry_id(dest, row["id"])
                     self.journal.update(row["id"], dest=str(dest))
             if src.exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -529,7 +553,8 @@ class Watcher:
                 except OSError as e:
                     if e.errno != errno.EXDEV:
                         raise
-                    tmp = dest.with_name(f".{dest.name}.tmp")  # fixed name: a rerun overwrites a stale one
+                    # fixed name: a rerun overwrites a stale one
+                    tmp = dest.with_name("." + cut_name(dest.name, NAME_MAX_BYTES - 5) + ".tmp")
                     shutil.copy2(src, tmp)
                     with open(tmp, "rb") as f:
                         os.fsync(f.fileno())
@@ -579,7 +604,42 @@ class Watcher:
 
     def _finish_pending(self) -> None:
         for row in self.journal.in_states(FINISHING_STATES):
-            self._finish(row["id"])
+            if row["id"] not in self._given_up:
+                self._finish_safely(row["id"])
+
+    def _finish_safely(self, entry_id: int) -> None:
+        """:meth:`_finish`, one entry at a time: an entry whose file steps keep failing (a name the file
+        system refuses, a file where a folder should be) is quarantined under a short name after
+        ``max_attempts`` tries, so the queue behind it goes on. A full disk still pauses intake."""
+        try:
+            self._finish(entry_id)
+            self._finish_failures.pop(entry_id, None)
+            return
+        except Exception as e:  # noqa: BLE001 - one entry never blocks the others
+            if _is_disk_full(e):
+                raise
+            n = self._finish_failures[entry_id] = self._finish_failures.get(entry_id, 0) + 1
+            log.warning("%s: finishing failed (%s errno=%s), try %d of %d", _tag(self.journal.get(entry_id)),
+                        type(e).__name__, getattr(e, "errno", None), n, self.cfg.max_attempts)
+            if n < self.cfg.max_attempts:
+                return
+        self._quarantine_unfinished(entry_id)
+
+    def _quarantine_unfinished(self, entry_id: int) -> None:
+        row = self.journal.get(entry_id)
+        suffix = Path(row["src"]).suffix if len(Path(row["src"]).suffix) <= 16 else ""
+        dest = self.quarantine_dir / UNFINISHED_DIR / f"{entry_id}_{row['sha256'][:12]}{suffix}"
+        self.journal.update(entry_id, dest=str(dest))
+        try:
+            self._finish(entry_id)
+        except Exception as e:  # noqa: BLE001
+            if _is_disk_full(e):
+                raise
+            self._given_up.add(entry_id)  # until the next start: the journal keeps it
+            log.error("%s: could not be finished, not even into quarantine (%s); left for the next start",
+                      _tag(row), type(e).__name__)
+            return
+        log.warning("%s: its file steps kept failing; the input is in quarantine/%s", _tag(row), UNFINISHED_DIR)
 
     # -- scoring ----------------------------------------------------------------------------------------
     def _claim(self, rows) -> list:
@@ -627,7 +687,7 @@ class Watcher:
                 self._after_scoring(row, s)
         for row in rows:
             if self.journal.get(row["id"])["state"] in FINISHING_STATES:
-                self._finish(row["id"])
+                self._finish_safely(row["id"])
 
     def _after_scoring(self, row, s) -> None:
         r = s.result
@@ -644,15 +704,25 @@ class Watcher:
             return
         if self.cfg.dicom_out and r.status == schema.STATUS_OK and s.image is not None \
                 and getattr(s.image, "dataset", None) is not None:
-            try:  # before "scored" is committed: after a crash the entry is rescored and these rewritten
-                from .dicom_out import write_dicom_outputs
-
-                write_dicom_outputs(s, self.dicom_dir)
-            except Exception as e:  # noqa: BLE001 - a DICOM output failure must not lose the score
-                if _is_disk_full(e):
-                    raise
-                log.warning("%s: DICOM SC/SR output failed (%s)", _tag(row), type(e).__name__)
+            r.outputs = self._write_dicom(row, s)
         self._record_scored(row, r)
+
+    def _write_dicom(self, row, s) -> list[dict]:
+        """SC + SR, before "scored" is committed (after a crash the entry is rescored and these rewritten);
+        the result records them, a failed one with its error type."""
+        from .dicom_out import dicom_output_paths, write_dicom_outputs
+
+        error = None
+        try:
+            write_dicom_outputs(s, self.dicom_dir)
+        except Exception as e:  # noqa: BLE001 - a DICOM output failure must not lose the score
+            if _is_disk_full(e):
+                raise
+            error = type(e).__name__
+            log.warning("%s: DICOM SC/SR output failed (%s)", _tag(row), error)
+        paths = dicom_output_paths(s, self.dicom_dir)
+        return [{"kind": k, "path": p.relative_to(self.cfg.out).as_posix(), "error": error}
+                for k, p in zip(("dicom_sc", "dicom_sr"), paths, strict=True)]
 
     # -- main loop --------------------------------------------------------------------------------------
     def _maybe_retention(self, now: float) -> None:
@@ -718,7 +788,7 @@ class Watcher:
         return False
 
     def _idle(self) -> bool:
-        return not self.tracked and self.journal.count(QUEUED_STATES + FINISHING_STATES) == 0
+        return not self.tracked and self.journal.count(QUEUED_STATES + FINISHING_STATES) <= len(self._given_up)
 
     def run(self) -> int:
         self._open()

@@ -139,7 +139,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _dist_version(name: str) -> str | None:
+def dist_version(name: str) -> str | None:
     from importlib import metadata
 
     try:
@@ -163,8 +163,12 @@ def _cpu_facts() -> dict:
     except AttributeError:  # macOS
         usable = os.cpu_count()
     mem = re.search(r"MemTotal:\s*(\d+) kB", _read("/proc/meminfo") or "")
+    from .cpu import probe
+
+    cpu = probe()  # the int8 kernel class: a figure means little without it (docs/cpu-classes.md)
     return {"model": model or platform.processor() or platform.machine(),
-            "arch": platform.machine(), "logical_cores": os.cpu_count(), "usable_cores": usable,
+            "arch": platform.machine(), "class": cpu.cpu_class, "features": cpu.shown_features(),
+            "logical_cores": os.cpu_count(), "usable_cores": usable,
             "physical_cores": len(cores) or None,
             "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
             "memory_mb": round(int(mem.group(1)) / 1024) if mem else None}
@@ -193,7 +197,7 @@ def _gpu_facts() -> dict | None:
 
 def _tensorrt_version() -> str | None:
     for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs"):
-        v = _dist_version(dist)
+        v = dist_version(dist)
         if v:
             return v
     try:  # JetPack installs TensorRT as a system package without pip metadata
@@ -208,7 +212,7 @@ def host_facts() -> dict:
     """What a reader needs to compare two benchmark reports: CPU, GPU, power mode, versions, load."""
     import cv2
 
-    ort_version = _dist_version("onnxruntime") or _dist_version("onnxruntime-gpu")
+    ort_version = dist_version("onnxruntime") or dist_version("onnxruntime-gpu")
     try:
         import onnxruntime as ort
 
@@ -222,8 +226,8 @@ def host_facts() -> dict:
         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": {"tbedge": __version__, "numpy": np.__version__, "opencv": cv2.__version__,
                      "onnxruntime": ort_version, "onnxruntime_providers": providers,
-                     "tensorrt": _tensorrt_version(), "tensorflow": _dist_version("tensorflow-cpu")
-                     or _dist_version("tensorflow")},
+                     "tensorrt": _tensorrt_version(), "tensorflow": dist_version("tensorflow-cpu")
+                     or dist_version("tensorflow")},
     }
 
 

@@ -8,7 +8,6 @@ phantoms (no patient film is needed). The JSON form is documented in docs/doctor
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import importlib.util
 import os
 import platform
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from .bench import dist_version
 from .bundle import BundleError, default_bundle_path, load_bundle, phantom
 from .cpu import probe
 
@@ -46,19 +46,12 @@ def _disk(path: Path) -> dict:
     return {"path": str(path), "free_mb": u.free // 2**20, "total_mb": u.total // 2**20}
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
-
-
 def runtimes() -> dict:
     import onnxruntime as ort
 
     trt = None
     if importlib.util.find_spec("tensorrt") is not None:  # its version only: importing it costs seconds
-        trt = _version("tensorrt") or _version("tensorrt-cu12") or "installed"
+        trt = dist_version("tensorrt") or dist_version("tensorrt-cu12") or "installed"
     cuda_ok, cuda_detail = False, "cuda-python not installed"
     if importlib.util.find_spec("cuda") is not None:
         from .cuda.device import gpu_available
@@ -66,7 +59,7 @@ def runtimes() -> dict:
         cuda_ok, cuda_detail = gpu_available()
     return {"onnxruntime": {"version": ort.__version__, "providers": ort.get_available_providers()},
             "tensorrt": trt, "cuda": {"available": cuda_ok, "detail": cuda_detail,
-                                      "cuda_python": _version("cuda-python")}}
+                                      "cuda_python": dist_version("cuda-python")}}
 
 
 def shipped_bundles() -> list[Path]:

@@ -91,6 +91,8 @@ def full_range_bundle(tmp_path_factory) -> Path:
         (b / f"{role}.prep.onnx").unlink()
         m["models"][role]["sha256"] = sha256_file(b / f"{role}.onnx")
         m["models"][role]["quantization"]["reduce_range"] = False
+    # selftest.npz's own-output reference belongs to the shipped models: keep only the fp32 check here
+    m["self_test"].pop("expected_atol", None)
     (b / "manifest.json").write_text(json.dumps(m))
     return b
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from watch_support import real_images, validate_result
 
@@ -98,3 +99,32 @@ def test_watch_records_the_fallback_in_its_engine_state(data_root, drifting, tmp
     r = _cli("watch", str(inc), "--out", str(tmp_path / "r2"), "--once", "--engine", str(drifting),
              "--min-free-mb", "1", "--strict-engine")
     assert r.returncode == 2 and "self-test failed" in r.stderr
+
+
+class _Shifted:
+    """The real classifier runner, its probabilities moved by a fixed amount: what a kernel that computes the
+    same int8 model differently (a saturating one) does, smaller than the fp32 tolerance allows."""
+
+    def __init__(self, runner, shift: float):
+        self.runner, self.shift, self.backend = runner, shift, runner.backend
+
+    def infer(self, feed):
+        out = dict(self.runner.infer(feed))
+        out["probabilities"] = out["probabilities"] + np.float32(self.shift)
+        return out
+
+
+def test_the_own_output_reference_catches_a_drift_the_fp32_tolerance_allows():
+    from tbedge.edge.bundle import run_self_test
+    from tbedge.edge.runners.onnxruntime import OnnxRuntimeRunner
+
+    b = load_bundle(default_bundle_path())
+    st = b.manifest["self_test"]
+    assert st["expected_atol"]["classifier"] < st["atol"]["classifier"]
+    shift = (st["expected_atol"]["classifier"] + st["atol"]["classifier"] - st["measured"]["classifier"]) / 2
+    with OnnxRuntimeRunner(b.model_path("lungs")) as lr, OnnxRuntimeRunner(b.model_path("classifier")) as cr:
+        assert run_self_test(b, {"lungs": lr, "classifier": cr})["classifier"] == pytest.approx(
+            st["measured"]["classifier"], abs=0.05)
+        with pytest.raises(SelfTestError, match="own outputs at build time") as e:
+            run_self_test(b, {"lungs": lr, "classifier": _Shifted(cr, shift)})
+    assert e.value.role == "classifier" and e.value.drift == pytest.approx(shift, abs=1e-4)

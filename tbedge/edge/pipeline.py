@@ -84,11 +84,11 @@ class Fallback:
     drift: float
     atol: float
     cpu: str  # this host's CPU model, class and features
+    detail: str  # what drifted, from which reference, against which tolerance
 
     def message(self) -> str:
-        return (f"the {self.precision} engine's self-test failed on this CPU ({self.cpu}): {self.role} outputs "
-                f"drift by {self.drift:.3g} from fp32 (tolerance {self.atol:.3g}); scoring with the fp32 models "
-                f"instead ({self.fp32_bundle}). --strict-engine refuses instead")
+        return (f"the {self.precision} engine's self-test failed on this CPU ({self.cpu}): {self.detail}; "
+                f"scoring with the fp32 models instead ({self.fp32_bundle}). --strict-engine refuses instead")
 
 
 class Pipeline:
@@ -127,7 +127,7 @@ class Pipeline:
             from .cpu import probe
 
             self.fallback = Fallback(str(self.bundle.path), self.bundle.entry(e.role)["precision"], str(fb.path),
-                                     e.role, e.drift, e.atol, probe().describe())
+                                     e.role, e.drift, e.atol, probe().describe(), e.detail)
             log.warning("%s", self.fallback.message())
             self.bundle = fb
             self._load(fb)  # the fp32 models pass their own self-test or nothing scores

@@ -559,7 +559,7 @@ _PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00OB", b"\xe0\x7f\x10\x00OW", b"\xe0\x7f\x10
 
 
 def _check_native_length(ds: Any, rows: int, cols: int) -> None:
-    if ds.file_meta.get("TransferSyntaxUID", "") and ds.file_meta.TransferSyntaxUID.is_compressed:
+    if _is_compressed(ds.file_meta.get("TransferSyntaxUID")):
         return
     spp = int(ds.get("SamplesPerPixel") or 1)
     bits = int(ds.get("BitsAllocated") or 16)
@@ -567,6 +567,17 @@ def _check_native_length(ds: Any, rows: int, cols: int) -> None:
     have = len(ds.PixelData)
     if have < need:
         raise TbedgeInputError("truncated", f"Pixel Data has {have} of {need} bytes")
+
+
+def _is_compressed(ts: Any) -> bool:
+    """Whether a transfer syntax is encapsulated; a malformed or unknown one is unsupported (pydicom raises
+    ValueError, which the fuzzer found escaping load_image as a processing error)."""
+    if not ts:
+        return False
+    try:
+        return bool(ts.is_compressed)
+    except ValueError:
+        raise TbedgeInputError("unsupported_format", "unknown transfer syntax") from None
 
 
 def _dicom_meta(ds: Any, sha: str) -> ImageMeta:

@@ -30,8 +30,16 @@ NAME_MAX_BYTES = 255  # one path component on Linux and macOS file systems
 
 
 def cut_name(name: str, max_bytes: int) -> str:
-    """``name`` cut to at most ``max_bytes`` UTF-8 bytes, never inside a character."""
-    return name.encode()[:max_bytes].decode("utf-8", "ignore")
+    """``name`` cut to at most ``max_bytes`` bytes on disk, never inside a character. A Linux name need not be
+    UTF-8: its odd bytes arrive surrogate-escaped and count one byte each (a strict encode raised, and
+    aborted a whole screen run with --overlays; found by tests/test_properties.py)."""
+    out, n = [], 0
+    for ch in name:
+        n += len(ch.encode("utf-8", "surrogateescape"))
+        if n > max_bytes:
+            break
+        out.append(ch)
+    return "".join(out)
 
 
 @contextmanager

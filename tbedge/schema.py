@@ -34,7 +34,7 @@ REASONS: dict[str, str] = {
     "not_an_image": "the content is not a recognised image or DICOM file",
     "truncated": "the file ends before the image data does (incomplete copy or transfer)",
     "unsupported_format": "an image format or DICOM encoding tbedge cannot decode",
-    "too_large": "the image header declares more pixels than the configured limit",
+    "too_large": "the image declares more pixels, or needs more memory to decode, than the configured limits",
     "too_small": "the image is too small to read (shorter side under 128 pixels: a thumbnail, not a film)",
     "dicom_no_pixels": "a DICOM object without Pixel Data (e.g. a report or a structured object)",
     "dicom_not_cxr": "the DICOM modality or body part is clearly not a chest radiograph",

@@ -5,12 +5,16 @@
 :class:`~tbedge.schema.TbedgeInputError` with a reason code from ``schema.REASONS``.
 
 Order of work, so that bad inputs cost little:
-1. read the bytes (OSError -> ``unreadable``; zero bytes -> ``empty_file``) and sniff the format
-   from its magic bytes, not the file name;
-2. parse the header only (PNG chunks, JPEG markers, DICOM elements): truncation, size limit
-   (``too_large`` is decided before any pixel is decoded), DICOM content checks;
-3. decode; DICOM: modality LUT / rescale -> VOI (VOI LUT Sequence, else window, else the full
-   range of values present) -> MONOCHROME1 inversion;
+1. read the first 64 KiB (OSError -> ``unreadable``; zero bytes -> ``empty_file``) and sniff the
+   format from its magic bytes, not the file name; a non-image or a file larger than the decode
+   budget is rejected from that head, so a 2 GB file costs 64 KiB;
+2. parse the header only (PNG chunks, JPEG markers, DICOM elements): truncation, size limits
+   (``too_large``: pixels, or decoded bytes = pixels x channels x bytes per sample plus the float
+   copies, decided before any pixel is decoded), DICOM content checks;
+3. decode, holding the decode's cost in a process-wide memory budget (:data:`DECODE_BUDGET`), so
+   concurrent decoders never hold more than one budget of pixels between them; DICOM: modality
+   LUT / rescale -> VOI (VOI LUT Sequence, else window, else the full range of values present)
+   -> MONOCHROME1 inversion;
 4. PNG/JPEG (and colour DICOM) carry no polarity: a 4x4 layout test on a thumbnail detects an
    inverted film and corrects it (QA flag ``inverted_suspected``).
 
@@ -26,7 +30,10 @@ import os
 import re
 import stat
 import struct
+import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -38,6 +45,13 @@ import numpy as np
 from ..schema import TbedgeInputError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# Pixels alone do not bound memory: a 97 KB zlib bomb of 10000x10000 8-bit grey used 667 MB, a 778 KB
+# 16-bit RGBA one 1.74 GB. This bounds one decode's working set (decode_cost); a Montgomery original
+# (4020x4892, 16-bit) needs 263 MiB, a 43 cm film at 0.1 mm (4300x4300, 16-bit) 247 MiB. The shared budget
+# is the same size, so decoders in parallel stay within it too, and screen's peak stays under 600 MB.
+DEFAULT_MAX_DECODE_BYTES = 320 << 20
+_FLOAT_BYTES = 12  # float32 pixels + two float32 temporaries (rescale, window/clip; the pipeline's crop)
+HEAD_BYTES = 1 << 16  # enough for every magic number and a PNG IHDR / JPEG SOF in practice
 # A shorter side below this is a thumbnail or a strip, not a film: 10-32 px copies of real films scored
 # "clear", one of them a film scored 94 at full size. The lung model reads 256 px and the smallest films
 # of ../shared/data are 256 px; at 128 px a 43 cm film has 3.4 mm pixels, coarser than the small nodules
@@ -134,46 +148,123 @@ class LoadedImage:
 
 
 # ============================================================================================
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *,
-               check_polarity: bool = True) -> LoadedImage:
+class DecodeBudget:
+    """Bytes of decode working memory shared by every decoding thread: a decode waits until its cost
+    fits, so N workers never decode N large images at once. One decode larger than the whole budget
+    (a caller's own higher limit) runs alone."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+        self._cv = threading.Condition()
+
+    @contextmanager
+    def reserve(self, n: int) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: self.used == 0 or self.used + n <= self.total)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cv:
+                self.used -= n
+                self._cv.notify_all()
+
+
+DECODE_BUDGET = DecodeBudget(DEFAULT_MAX_DECODE_BYTES)
+
+
+@dataclass
+class _Limits:
+    max_pixels: int
+    max_decode_bytes: int
+    check_polarity: bool
+
+
+# ============================================================================================
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, check_polarity: bool = True,
+               max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> LoadedImage:
     """Read one PNG, JPEG or DICOM file; see the module docstring. Raises TbedgeInputError.
 
     ``check_polarity=False`` skips the inversion check: for inputs that are not radiographs
     (lung masks are white lungs on black and would be "corrected")."""
+    limits = _Limits(max_pixels, max_decode_bytes, check_polarity)
     try:
-        data = _read_regular_file(Path(path))
+        data, sha, kind = _read_input(Path(path), max_decode_bytes)
     except OSError as e:  # no path in the detail: file names may carry patient names
         raise TbedgeInputError("unreadable", type(e).__name__) from None
-    if not data:
-        raise TbedgeInputError("empty_file")
-    sha = hashlib.sha256(data).hexdigest()
-    kind = sniff(data)  # by content: file names and extensions lie
     try:
         if kind == "png":
-            return _load_png(data, sha, max_pixels, check_polarity)
+            return _load_png(data, sha, limits)
         if kind == "jpeg":
-            return _load_jpeg(data, sha, max_pixels, check_polarity)
+            return _load_jpeg(data, sha, limits)
         if kind == "dicom":
-            return _load_dicom(data, sha, max_pixels, check_polarity)
-        if kind is not None:
-            raise TbedgeInputError("unsupported_format", kind)
-        raise TbedgeInputError("not_an_image")
+            return _load_dicom(data, sha, limits)
+        raise AssertionError(kind)  # _read_input rejects every other kind
     except TbedgeInputError as e:
         e.sha256 = sha  # rejected results still identify the file (Result.sha256)
         raise
 
 
-def _read_regular_file(path: Path) -> bytes:
-    """The file's bytes; a FIFO, socket or device is refused first (reading a FIFO would block forever)."""
+def _read_input(path: Path, max_bytes: int) -> tuple[bytes, str, str]:
+    """(bytes, sha256, kind) of an image file whose size fits ``max_bytes``; anything else is rejected
+    from its first HEAD_BYTES, never read whole (a 2 GB non-image once used 2.27 GB)."""
+    with _open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(HEAD_BYTES)
+        if not head:
+            raise TbedgeInputError("empty_file")
+        kind = sniff(head, size)  # by content: file names and extensions lie
+        if size > max_bytes:  # no decodable image within the budget is this large; not hashed (seconds per GB)
+            reason = "too_large" if kind in ("png", "jpeg", "dicom") else "not_an_image" if kind is None \
+                else "unsupported_format"
+            raise TbedgeInputError(reason, f"file of {size} bytes > decode limit {max_bytes}")
+        data = head + f.read()
+    sha = hashlib.sha256(data).hexdigest()
+    if kind not in ("png", "jpeg", "dicom"):
+        e = TbedgeInputError("unsupported_format", kind) if kind else TbedgeInputError("not_an_image")
+        e.sha256 = sha
+        raise e
+    return data, sha, kind
+
+
+def _open_regular(path: Path):
+    """The file opened for reading; a FIFO, socket or device is refused first (reading a FIFO would block)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        return f.read()
+    f = open(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise OSError(errno.EINVAL, "not a regular file")
+    return f
 
 
-def sniff(data: bytes) -> str | None:
-    """'png' | 'jpeg' | 'dicom' | the name of a recognised unsupported format | None."""
+def decode_cost(w: int, h: int, channels: int, sample_bytes: int) -> int:
+    """Bytes one decode holds at its peak: the decoded samples, a grey copy of a colour image, and the
+    float32 pixels with their temporaries. Bounds memory by bytes, where max_pixels bounds only pixels."""
+    grey = sample_bytes if channels > 1 else 0
+    return w * h * (channels * sample_bytes + grey + _FLOAT_BYTES)
+
+
+def _check_limits(w: int, h: int, channels: int, sample_bytes: int, limits: _Limits) -> int:
+    """The header's size checks (pixels, then decoded bytes); returns the decode's cost in bytes."""
+    _check_size(w, h, limits.max_pixels)
+    cost = decode_cost(w, h, channels, sample_bytes)
+    if cost > limits.max_decode_bytes:
+        raise TbedgeInputError("too_large", f"{w}x{h}x{channels} at {8 * sample_bytes} bits needs ~{cost >> 20} MiB "
+                                            f"to decode > limit {limits.max_decode_bytes >> 20} MiB")
+    return cost
+
+
+def _decode_slot(w: int, h: int, channels: int, sample_bytes: int, limits: _Limits):
+    """Check the header's size limits, then hold the decode's cost in the shared budget (a context)."""
+    return DECODE_BUDGET.reserve(_check_limits(w, h, channels, sample_bytes, limits))
+
+
+def sniff(data: bytes, size: int | None = None) -> str | None:
+    """'png' | 'jpeg' | 'dicom' | the name of a recognised unsupported format | None.
+
+    ``data`` may be the file's head only; ``size`` is then the whole file's length."""
+    size = len(data) if size is None else size
     if data.startswith(_PNG_SIG):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -183,7 +274,7 @@ def sniff(data: bytes) -> str | None:
     for magic, off, name in _OTHER_FORMATS:
         if data[off:off + len(magic)] == magic:
             return name
-    if data[:2] == b"BM" and len(data) >= 26 and struct.unpack("<I", data[2:6])[0] == len(data):
+    if data[:2] == b"BM" and len(data) >= 26 and struct.unpack("<I", data[2:6])[0] == size:
         return "BMP"
     # DICOM without the 128-byte preamble: starts with a group 0002 or 0008 tag
     if data[:2] in (b"\x02\x00", b"\x08\x00") and len(data) >= 8:
@@ -211,17 +302,21 @@ def png_header(data: bytes) -> tuple[int, int, int, int]:
     raise TbedgeInputError("truncated", "PNG ends before its IEND chunk")
 
 
-def _load_png(data: bytes, sha: str, max_pixels: int, check_polarity: bool) -> LoadedImage:
+# Channels OpenCV decodes each PNG colour type to (a palette or grey+alpha may become BGRA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}
+
+
+def _load_png(data: bytes, sha: str, limits: _Limits) -> LoadedImage:
     w, h, depth, ctype = png_header(data)
-    _check_size(w, h, max_pixels)
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise TbedgeInputError("unsupported_format", "PNG could not be decoded")
-    if depth == 16 and arr.dtype != np.uint16:  # OpenCV must keep all 16 bits
-        raise TbedgeInputError("unsupported_format", f"16-bit PNG decoded as {arr.dtype}")
-    photometric = {3: "PALETTE"}.get(ctype, "RGB" if ctype in (2, 6) else "MONOCHROME2")
-    bits = 16 if depth == 16 else 8  # OpenCV expands 1/2/4-bit grey and palettes to 8 bits
-    return _finish_raster(arr, "png", bits, depth, photometric, sha, check_polarity)
+    with _decode_slot(w, h, _PNG_CHANNELS.get(ctype, 4), 2 if depth == 16 else 1, limits):
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise TbedgeInputError("unsupported_format", "PNG could not be decoded")
+        if depth == 16 and arr.dtype != np.uint16:  # OpenCV must keep all 16 bits
+            raise TbedgeInputError("unsupported_format", f"16-bit PNG decoded as {arr.dtype}")
+        photometric = {3: "PALETTE"}.get(ctype, "RGB" if ctype in (2, 6) else "MONOCHROME2")
+        bits = 16 if depth == 16 else 8  # OpenCV expands 1/2/4-bit grey and palettes to 8 bits
+        return _finish_raster(arr, "png", bits, depth, photometric, sha, limits.check_polarity)
 
 
 # -- JPEG -----------------------------------------------------------------------------------
@@ -269,16 +364,17 @@ def jpeg_header(data: bytes) -> tuple[int, int, int, int, int]:
     return sof
 
 
-def _load_jpeg(data: bytes, sha: str, max_pixels: int, check_polarity: bool) -> LoadedImage:
+def _load_jpeg(data: bytes, sha: str, limits: _Limits) -> LoadedImage:
     w, h, prec, nc, marker = jpeg_header(data)
     if w == 0 or h == 0:
         raise TbedgeInputError("unsupported_format", "JPEG with its height in a DNL segment")
-    _check_size(w, h, max_pixels)
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise TbedgeInputError("unsupported_format", f"JPEG SOF{marker - 0xC0} {prec}-bit not decodable")
-    bits = prec if arr.dtype == np.uint16 else 8
-    return _finish_raster(arr, "jpeg", bits, bits, "MONOCHROME2" if nc == 1 else "RGB", sha, check_polarity)
+    with _decode_slot(w, h, max(1, nc), 2 if prec > 8 else 1, limits):
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise TbedgeInputError("unsupported_format", f"JPEG SOF{marker - 0xC0} {prec}-bit not decodable")
+        bits = prec if arr.dtype == np.uint16 else 8
+        return _finish_raster(arr, "jpeg", bits, bits, "MONOCHROME2" if nc == 1 else "RGB", sha,
+                              limits.check_polarity)
 
 
 def _finish_raster(arr: np.ndarray, fmt: str, bits: int, declared_bits: int, photometric: str,
@@ -355,7 +451,7 @@ def _check_size(w: int, h: int, max_pixels: int) -> None:
 
 
 # -- DICOM ----------------------------------------------------------------------------------
-def _load_dicom(data: bytes, sha: str, max_pixels: int, check_polarity: bool) -> LoadedImage:
+def _load_dicom(data: bytes, sha: str, limits: _Limits) -> LoadedImage:
     import pydicom  # lazy: only DICOM inputs pay for the import
     import pydicom.config
     from pydicom.errors import InvalidDicomError
@@ -390,9 +486,22 @@ def _load_dicom(data: bytes, sha: str, max_pixels: int, check_polarity: bool) ->
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if rows <= 0 or cols <= 0:
         raise TbedgeInputError("not_an_image", "DICOM without Rows/Columns")
-    _check_size(cols, rows, max_pixels)
+    cost = _check_limits(cols, rows, *_dicom_samples(ds, meta.photometric), limits)
     _check_native_length(ds, rows, cols)
+    with DECODE_BUDGET.reserve(cost):
+        return _decode_dicom(ds, meta, limits.check_polarity)
 
+
+def _dicom_samples(ds: Any, photometric: str) -> tuple[int, int]:
+    """(channels, bytes per sample) of the decoded array; a palette expands to RGB of up to 16 bits."""
+    spp = max(1, int(_num(ds.get("SamplesPerPixel"), 1)))
+    sample_bytes = max(1, (int(_num(ds.get("BitsAllocated"), 16)) + 7) // 8)
+    if photometric == "PALETTE COLOR":
+        return max(spp, 3), max(sample_bytes, 2)
+    return spp, sample_bytes
+
+
+def _decode_dicom(ds: Any, meta: ImageMeta, check_polarity: bool) -> LoadedImage:
     arr = _decode_dicom_pixels(ds)
     if arr.ndim != 2 and not (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
         raise TbedgeInputError("unsupported_format", f"pixel array of shape {arr.shape}")
@@ -450,7 +559,7 @@ _PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00OB", b"\xe0\x7f\x10\x00OW", b"\xe0\x7f\x10
 
 
 def _check_native_length(ds: Any, rows: int, cols: int) -> None:
-    if ds.file_meta.get("TransferSyntaxUID", "") and ds.file_meta.TransferSyntaxUID.is_compressed:
+    if _is_compressed(ds.file_meta.get("TransferSyntaxUID")):
         return
     spp = int(ds.get("SamplesPerPixel") or 1)
     bits = int(ds.get("BitsAllocated") or 16)
@@ -458,6 +567,17 @@ def _check_native_length(ds: Any, rows: int, cols: int) -> None:
     have = len(ds.PixelData)
     if have < need:
         raise TbedgeInputError("truncated", f"Pixel Data has {have} of {need} bytes")
+
+
+def _is_compressed(ts: Any) -> bool:
+    """Whether a transfer syntax is encapsulated; a malformed or unknown one is unsupported (pydicom raises
+    ValueError, which the fuzzer found escaping load_image as a processing error)."""
+    if not ts:
+        return False
+    try:
+        return bool(ts.is_compressed)
+    except ValueError:
+        raise TbedgeInputError("unsupported_format", "unknown transfer syntax") from None
 
 
 def _dicom_meta(ds: Any, sha: str) -> ImageMeta:

@@ -14,6 +14,12 @@ DATA = Path(os.environ.get("TBEDGE_DATA", REPO.parent / "shared" / "data"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def fresh_process(cmd: list[str]) -> list[str]:
+    """``cmd`` run as a grandchild through sh, so its peak RSS (ru_maxrss, and libFuzzer's -rss_limit_mb) is its
+    own: a process started straight from this one inherits this test run's peak (GBs once TensorFlow loaded)."""
+    return ["sh", "-c", '"$@"; exit $?', "sh", *cmd]
+
+
 def _missing(reason: str):
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: required, not skipped)")

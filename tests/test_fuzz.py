@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 from bombs import PNG_SIG, png_bomb, png_chunk, png_ihdr, zlib_of_zeros
-from conftest import IN_CI, _missing
+from conftest import IN_CI, _missing, fresh_process
 from dicom_factory import make_dicom, to_bits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,8 @@ def run_fuzzer(target: str, corpus: Path, tmp_path: Path, max_len: int) -> None:
            f"-max_total_time={SECONDS}", f"-rss_limit_mb={RSS_LIMIT_MB}", f"-malloc_limit_mb={RSS_LIMIT_MB}",
            "-timeout=20", f"-max_len={max_len}", f"-artifact_prefix={art}/", "-print_final_stats=1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 300, env=env, cwd=tmp_path)
+    out = subprocess.run(fresh_process(cmd), capture_output=True, text=True, timeout=SECONDS + 300, env=env,
+                         cwd=tmp_path)
     found = sorted(p.name for p in art.iterdir())
     tail = (out.stdout + out.stderr)[-4000:]
     assert out.returncode == 0 and not found, f"fuzzer finding {found} (inputs kept under {art}):\n{tail}"

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import fresh_process
 from hostile import PATIENT, PATIENT_ID, Folder, Kind, build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,27 +35,35 @@ KNOWN_GAPS = {  # kind -> the open defect
 }
 
 
+# `tbedge screen` that writes its own peak RSS (KB) to argv[1] when it exits.
+PEAK_WRAPPER = """import atexit, resource, runpy, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+runpy.run_module("tbedge", run_name="__main__")
+"""
+
+
 @pytest.fixture(scope="module")
 def run(data_root, tmp_path_factory) -> tuple[Folder, dict[str, list[dict]], str, float]:
     """(folder, result lines by input path, stderr, the child's peak RSS in MB)."""
     root = tmp_path_factory.mktemp("hostile")
     folder = build(root, data_root)
     out = root / "r.jsonl"
-    cmd = [sys.executable, "-m", "tbedge", "screen", str(folder.inp), *map(str, folder.named),
-           "--engine", str(REPO / "tbedge" / "models" / "fp32"), "--output", str(out),
-           "--overlays", str(root / "overlays"), "--dicom-out", str(root / "dicom")]
+    peak = root / "peak_rss_kb"
+    cmd = fresh_process([sys.executable, "-c", PEAK_WRAPPER, str(peak), "screen", str(folder.inp),
+                         *map(str, folder.named), "--engine", str(REPO / "tbedge" / "models" / "fp32"),
+                         "--output", str(out), "--overlays", str(root / "overlays"),
+                         "--dicom-out", str(root / "dicom")])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(root / "stdout", "wb") as so, open(root / "stderr", "wb") as se:
-        p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=so, stderr=se)
-        _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage: its peak RSS, not the test run's
-        p.returncode = os.waitstatus_to_exitcode(status)
+        p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=so, stderr=se)
     stderr = (root / "stderr").read_text(errors="replace") + (root / "stdout").read_text(errors="replace")
     assert p.returncode == 0, stderr[-3000:]
     lines: dict[str, list[dict]] = {}
     for line in out.read_text().splitlines():
         r = json.loads(line)
         lines.setdefault(r["input"], []).append(r)
-    return folder, lines, stderr, usage.ru_maxrss / 1024
+    return folder, lines, stderr, int(peak.read_text()) / 1024
 
 
 def _problems(kind: Kind, lines: dict[str, list[dict]]) -> list[str]:

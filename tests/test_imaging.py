@@ -558,3 +558,17 @@ if __name__ == "__main__":
     from conftest import DATA
 
     print(json.dumps(measure_inversion(DATA), indent=1))
+
+
+def test_finding_encapsulated_offset_table_longer_than_the_file(tmp_path):
+    """Found by the load_image fuzzer: an encapsulated Pixel Data whose Basic Offset Table item claims
+    1.6 GB escaped load_image as struct.error (an error result) instead of a rejection."""
+    p = tmp_path / "bot.dcm"
+    make_dicom(p, np.full((160, 160), 100, np.uint8), encoding="jpegls")
+    data = bytearray(p.read_bytes())
+    item = data.index(b"\xfe\xff\x00\xe0", data.index(b"\xe0\x7f\x10\x00"))  # the offset table's item tag
+    data[item + 4:item + 8] = (1605783812).to_bytes(4, "little")
+    p.write_bytes(bytes(data))
+    with pytest.raises(TbedgeInputError) as e:
+        load_image(p)
+    assert e.value.reason == "truncated"

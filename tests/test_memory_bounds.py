@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from bombs import PNG_SIG, png_bomb, sparse_file
+from conftest import fresh_process
 
 from tbedge.edge import imaging
 
@@ -37,7 +38,8 @@ print(json.dumps({"reason": reason, "rss_mb": resource.getrusage(resource.RUSAGE
 
 
 def load_in_child(path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(fresh_process([sys.executable, "-c", _CHILD, str(path)]), capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

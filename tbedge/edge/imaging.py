@@ -678,6 +678,8 @@ def _decode_dicom_pixels(ds: Any) -> np.ndarray:
         return _decode_with_imagecodecs(ds, str(ts))
     try:
         return ds.pixel_array
+    except (struct.error, EOFError) as e:  # encapsulated fragments that claim more bytes than the file has
+        raise TbedgeInputError("truncated", f"Pixel Data fragments: {type(e).__name__}") from None
     except (ValueError, RuntimeError, NotImplementedError, OSError) as e:
         raise TbedgeInputError("unsupported_format", f"pixel data not decodable ({ts.name}): "
                                f"{type(e).__name__}") from None

@@ -40,7 +40,7 @@ def run_fuzzer(target: str, corpus: Path, tmp_path: Path, max_len: int) -> None:
     art = tmp_path / "artifacts"
     art.mkdir()
     cmd = [sys.executable, str(REPO / "tests" / "fuzz_targets.py"), target, str(corpus),
-           f"-max_total_time={SECONDS}", f"-rss_limit_mb={RSS_LIMIT_MB}", f"-malloc_limit_mb={RSS_LIMIT_MB}",
+           f"-max_total_time={SECONDS}", "-seed=1", f"-rss_limit_mb={RSS_LIMIT_MB}", f"-malloc_limit_mb={RSS_LIMIT_MB}",
            "-timeout=20", f"-max_len={max_len}", f"-artifact_prefix={art}/", "-print_final_stats=1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(fresh_process(cmd), capture_output=True, text=True, timeout=SECONDS + 300, env=env,

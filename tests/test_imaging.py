@@ -572,3 +572,20 @@ def test_finding_encapsulated_offset_table_longer_than_the_file(tmp_path):
     with pytest.raises(TbedgeInputError) as e:
         load_image(p)
     assert e.value.reason == "truncated"
+
+
+def test_finding_malformed_pixel_spacing_is_ignored(tmp_path):
+    """Found by the load_image fuzzer: PixelSpacing '.' escaped load_image as ValueError. Spacing only informs,
+    so the film loads without it."""
+    import pydicom
+
+    p = tmp_path / "spacing.dcm"
+    make_dicom(p, np.full((160, 160), 100, np.uint8))
+    ds = pydicom.dcmread(p)
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.save_as(p)
+    data = p.read_bytes()
+    assert data.count(b"0.5\\0.5 ") == 1
+    p.write_bytes(data.replace(b"0.5\\0.5 ", b".\\.     "))  # the same length, a value DS cannot hold
+    img = load_image(p)
+    assert img.meta.pixel_spacing is None and img.pixels.shape == (160, 160)

@@ -476,7 +476,10 @@ def _load_dicom(data: bytes, sha: str, limits: _Limits) -> LoadedImage:
         ds.file_meta.TransferSyntaxUID = (uid.ImplicitVRLittleEndian if implicit else
                                           uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian)
 
-    meta = _dicom_meta(ds, sha)
+    try:
+        meta = _dicom_meta(ds, sha)
+    except (ValueError, TypeError, OverflowError, struct.error) as e:  # a header value its VR cannot hold
+        raise TbedgeInputError("unreadable", f"malformed DICOM header value: {type(e).__name__}") from None
     if "PixelData" not in ds:
         raise TbedgeInputError("dicom_no_pixels")
     _check_dicom_content(ds, meta)
@@ -580,9 +583,18 @@ def _is_compressed(ts: Any) -> bool:
         raise TbedgeInputError("unsupported_format", "unknown transfer syntax") from None
 
 
+def _pixel_spacing(ds: Any) -> tuple[float, float] | None:
+    """Row and column spacing in mm, or None when absent or malformed (it is informative, never a reason to
+    refuse a film; the fuzzer found '.' escaping as ValueError)."""
+    try:
+        spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+        return (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) >= 2 else None
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
 def _dicom_meta(ds: Any, sha: str) -> ImageMeta:
     ts = ds.file_meta.get("TransferSyntaxUID")
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     meta = ImageMeta(
         source_format="dicom",
         bit_depth=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0),
@@ -590,7 +602,7 @@ def _dicom_meta(ds: Any, sha: str) -> ImageMeta:
         sha256=sha,
         shape=(int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)),
         windowing="full_range",
-        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing and len(spacing) >= 2 else None,
+        pixel_spacing=_pixel_spacing(ds),
         sop_instance_uid=str(ds.SOPInstanceUID) if ds.get("SOPInstanceUID") else None,
         study_instance_uid=str(ds.StudyInstanceUID) if ds.get("StudyInstanceUID") else None,
         patient_age_years=patient_age_years(ds),

@@ -589,3 +589,18 @@ def test_finding_malformed_pixel_spacing_is_ignored(tmp_path):
     p.write_bytes(data.replace(b"0.5\\0.5 ", b".\\.     "))  # the same length, a value DS cannot hold
     img = load_image(p)
     assert img.meta.pixel_spacing is None and img.pixels.shape == (160, 160)
+
+
+def test_finding_pixel_module_without_pixel_representation(tmp_path):
+    """Found by the load_image fuzzer: a Pixel Data whose module lacks Pixel Representation escaped load_image
+    as AttributeError from pydicom's decoder."""
+    import pydicom
+
+    p = tmp_path / "no_pr.dcm"
+    make_dicom(p, np.full((160, 160), 100, np.uint8))
+    ds = pydicom.dcmread(p)
+    del ds.PixelRepresentation
+    ds.save_as(p)
+    with pytest.raises(TbedgeInputError) as e:
+        load_image(p)
+    assert e.value.reason == "unsupported_format"

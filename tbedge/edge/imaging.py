@@ -478,7 +478,7 @@ def _load_dicom(data: bytes, sha: str, limits: _Limits) -> LoadedImage:
 
     try:
         meta = _dicom_meta(ds, sha)
-    except (ValueError, TypeError, OverflowError, struct.error) as e:  # a header value its VR cannot hold
+    except Exception as e:  # noqa: BLE001 - a header value its VR cannot hold; pydicom parses values lazily
         raise TbedgeInputError("unreadable", f"malformed DICOM header value: {type(e).__name__}") from None
     if "PixelData" not in ds:
         raise TbedgeInputError("dicom_no_pixels")
@@ -692,7 +692,7 @@ def _decode_dicom_pixels(ds: Any) -> np.ndarray:
         return ds.pixel_array
     except (struct.error, EOFError) as e:  # encapsulated fragments that claim more bytes than the file has
         raise TbedgeInputError("truncated", f"Pixel Data fragments: {type(e).__name__}") from None
-    except (ValueError, RuntimeError, NotImplementedError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - pydicom's decoders raise many types on malformed pixel modules
         raise TbedgeInputError("unsupported_format", f"pixel data not decodable ({ts.name}): "
                                f"{type(e).__name__}") from None
 

@@ -604,3 +604,21 @@ def test_finding_pixel_module_without_pixel_representation(tmp_path):
     with pytest.raises(TbedgeInputError) as e:
         load_image(p)
     assert e.value.reason == "unsupported_format"
+
+
+def test_finding_lazy_element_conversion_error_is_unreadable(tmp_path, monkeypatch):
+    """Found by the load_image fuzzer: pydicom converts elements lazily, so a malformed one (an unknown VR,
+    tag (5700,4245)) raised NotImplementedError from our truncation check, after the parse had succeeded.
+    Whatever pydicom raises there, the file is unreadable, never an error."""
+    from tbedge.edge import imaging
+
+    p = tmp_path / "lazy.dcm"
+    make_dicom(p, np.full((160, 160), 100, np.uint8))
+
+    def lazy_failure(ds, data):
+        raise NotImplementedError("Unknown Value Representation '0x50 0x00' in tag (5700,4245)")
+
+    monkeypatch.setattr(imaging, "_check_dicom_truncation", lazy_failure)
+    with pytest.raises(TbedgeInputError) as e:
+        load_image(p)
+    assert e.value.reason == "unreadable"

@@ -199,7 +199,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, check_
         if kind == "jpeg":
             return _load_jpeg(data, sha, limits)
         if kind == "dicom":
-            return _load_dicom(data, sha, limits)
+            return _load_dicom_guarded(data, sha, limits)
         raise AssertionError(kind)  # _read_input rejects every other kind
     except TbedgeInputError as e:
         e.sha256 = sha  # rejected results still identify the file (Result.sha256)
@@ -451,6 +451,17 @@ def _check_size(w: int, h: int, max_pixels: int) -> None:
 
 
 # -- DICOM ----------------------------------------------------------------------------------
+def _load_dicom_guarded(data: bytes, sha: str, limits: _Limits) -> LoadedImage:
+    """pydicom converts elements lazily, so a malformed value can raise from any later access (the fuzzer found
+    NotImplementedError, AttributeError, ValueError, struct.error): such a file is unreadable, not an error."""
+    try:
+        return _load_dicom(data, sha, limits)
+    except (TbedgeInputError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise TbedgeInputError("unreadable", f"malformed DICOM: {type(e).__name__}") from None
+
+
 def _load_dicom(data: bytes, sha: str, limits: _Limits) -> LoadedImage:
     import pydicom  # lazy: only DICOM inputs pay for the import
     import pydicom.config

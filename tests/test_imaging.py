@@ -622,3 +622,24 @@ def test_finding_lazy_element_conversion_error_is_unreadable(tmp_path, monkeypat
     with pytest.raises(TbedgeInputError) as e:
         load_image(p)
     assert e.value.reason == "unreadable"
+
+
+def test_finding_gdcm_is_never_asked_to_decode(tmp_path, monkeypatch):
+    """Found by the load_image fuzzer: on a malformed JPEG 2000 stream GDCM throws a C++ exception that
+    aborts the whole process (a `watch` service with it). Other decoders read the same films."""
+    import pydicom.pixels.decoders.gdcm as gdcm_plugin
+
+    calls = []
+
+    def gdcm_called(*args, **kwargs):  # pydicom would quietly try its next plugin: record the call instead
+        calls.append(args)
+        raise RuntimeError("GDCM was asked to decode")
+
+    monkeypatch.setattr(gdcm_plugin, "_decode_frame", gdcm_called)
+    px = (np.arange(160 * 160).reshape(160, 160) % 4096).astype(np.uint16)
+    for enc in ("jpeg2000", "jpeg_lossless"):
+        p = tmp_path / f"{enc}.dcm"
+        make_dicom(p, px, encoding=enc, bits_stored=12)
+        img = load_image(p)
+        assert img.pixels.shape == (160, 160) and img.meta.bit_depth == 12
+    assert not calls

@@ -697,9 +697,14 @@ def _decode_dicom_pixels(ds: Any) -> np.ndarray:
         decoder = get_decoder(ts)
     except NotImplementedError:
         raise TbedgeInputError("unsupported_format", f"transfer syntax {ts}") from None
-    if not decoder.is_available:
+    # Never GDCM: on a malformed JPEG 2000 stream it throws a C++ exception that aborts the whole process
+    # (found by the load_image fuzzer). Another plugin, or imagecodecs, decodes what GDCM would.
+    plugins = [p for p in (decoder.available_plugins if decoder.is_available else ()) if p != "gdcm"]
+    if ts.is_compressed and not plugins:
         return _decode_with_imagecodecs(ds, str(ts))
     try:
+        if plugins:
+            ds.pixel_array_options(decoding_plugin=plugins[0])
         return ds.pixel_array
     except (struct.error, EOFError) as e:  # encapsulated fragments that claim more bytes than the file has
         raise TbedgeInputError("truncated", f"Pixel Data fragments: {type(e).__name__}") from None

@@ -627,7 +627,8 @@ def test_finding_lazy_element_conversion_error_is_unreadable(tmp_path, monkeypat
 def test_finding_gdcm_is_never_asked_to_decode(tmp_path, monkeypatch):
     """Found by the load_image fuzzer: on a malformed JPEG 2000 stream GDCM throws a C++ exception that
     aborts the whole process (a `watch` service with it). Other decoders read the same films."""
-    import pydicom.pixels.decoders.gdcm as gdcm_plugin
+    from pydicom import uid
+    from pydicom.pixels import get_decoder
 
     calls = []
 
@@ -635,11 +636,18 @@ def test_finding_gdcm_is_never_asked_to_decode(tmp_path, monkeypatch):
         calls.append(args)
         raise RuntimeError("GDCM was asked to decode")
 
-    monkeypatch.setattr(gdcm_plugin, "_decode_frame", gdcm_called)
+    for syntax in (uid.JPEG2000Lossless, uid.JPEGLossless):  # the registry pydicom picks plugins from
+        monkeypatch.setitem(get_decoder(syntax)._available, "gdcm", gdcm_called)
     px = (np.arange(160 * 160).reshape(160, 160) % 4096).astype(np.uint16)
     for enc in ("jpeg2000", "jpeg_lossless"):
         p = tmp_path / f"{enc}.dcm"
         make_dicom(p, px, encoding=enc, bits_stored=12)
         img = load_image(p)
         assert img.pixels.shape == (160, 160) and img.meta.bit_depth == 12
+    data = bytearray((tmp_path / "jpeg2000.dcm").read_bytes())
+    siz = data.index(b"\xff\x4f\xff\x51")  # the codestream's SOC and SIZ markers
+    data[siz + 10:siz + 14] = b"\xff\xff\xff\xff"  # an image size no decoder accepts: pillow fails first
+    (tmp_path / "broken.dcm").write_bytes(bytes(data))
+    with pytest.raises(TbedgeInputError):
+        load_image(tmp_path / "broken.dcm")
     assert not calls

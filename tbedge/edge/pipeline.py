@@ -118,23 +118,33 @@ class Pipeline:
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self):
         try:
+            self._load_or_fall_back()
+        except BaseException:  # __exit__ does not run when __enter__ fails: release what was loaded
+            self._close_runners()
+            raise
+        self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="tbedge-decode")
+        return self
+
+    def _load_or_fall_back(self) -> None:
+        try:
             self._load(self.bundle)
         except SelfTestError as e:
             self._close_runners()
             fb = None if self.strict_engine or self.backend != "onnxruntime" else fp32_fallback(self.bundle)
             if fb is None:
                 raise
-            from .cpu import probe
+            self._fall_back(e, fb)
 
-            self.fallback = Fallback(str(self.bundle.path), self.bundle.entry(e.role)["precision"], str(fb.path),
-                                     e.role, e.drift, e.atol, probe().describe(), e.detail)
-            log.warning("%s", self.fallback.message())
-            self.bundle = fb
-            self._load(fb)  # the fp32 models pass their own self-test or nothing scores
-            for info in self.models.values():
-                info.fallback_from = self.fallback.precision
-        self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="tbedge-decode")
-        return self
+    def _fall_back(self, e: SelfTestError, fb: Bundle) -> None:
+        from .cpu import probe
+
+        self.fallback = Fallback(str(self.bundle.path), self.bundle.entry(e.role)["precision"], str(fb.path),
+                                 e.role, e.drift, e.atol, probe().describe(), e.detail)
+        log.warning("%s", self.fallback.message())
+        self.bundle = fb
+        self._load(fb)  # the fp32 models pass their own self-test or nothing scores
+        for info in self.models.values():
+            info.fallback_from = self.fallback.precision
 
     def _load(self, bundle: Bundle) -> None:
         for role in self.roles:

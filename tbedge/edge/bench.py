@@ -149,13 +149,10 @@ def dist_version(name: str) -> str | None:
 
 
 def _cpu_facts() -> dict:
+    from .cpu import probe
+
+    cpu = probe()  # model name, and the int8 kernel class: a figure means little without it (docs/cpu-classes.md)
     info = _read("/proc/cpuinfo") or ""
-    model = None
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", info, re.MULTILINE)
-        if m:
-            model = m.group(1).strip()
-            break
     cores = {(m.group(1), m.group(2)) for m in
              re.finditer(r"physical id\s*:\s*(\d+).*?core id\s*:\s*(\d+)", info, re.DOTALL)}
     try:
@@ -163,10 +160,7 @@ def _cpu_facts() -> dict:
     except AttributeError:  # macOS
         usable = os.cpu_count()
     mem = re.search(r"MemTotal:\s*(\d+) kB", _read("/proc/meminfo") or "")
-    from .cpu import probe
-
-    cpu = probe()  # the int8 kernel class: a figure means little without it (docs/cpu-classes.md)
-    return {"model": model or platform.processor() or platform.machine(),
+    return {"model": cpu.model or platform.processor() or platform.machine(),
             "arch": platform.machine(), "class": cpu.cpu_class, "features": cpu.shown_features(),
             "logical_cores": os.cpu_count(), "usable_cores": usable,
             "physical_cores": len(cores) or None,

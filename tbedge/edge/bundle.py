@@ -92,10 +92,6 @@ class Bundle:
     def has_plans(self) -> bool:
         return all(self.plan(r) for r in ROLES)
 
-    def session_config(self, role: str) -> dict[str, str]:
-        """ONNX Runtime session config entries this model's form needs (e.g. exact int8 kernels)."""
-        return dict((self.entry(role).get("quantization") or {}).get("session_config") or {})
-
     def model_info(self, role: str, backend: str) -> dict:
         e = self.entry(role)
         sha = e["sha256"]

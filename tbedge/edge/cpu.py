@@ -57,15 +57,13 @@ def _proc_cpuinfo() -> tuple[str, set[str]]:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
         return "", set()
-    model, flags = "", set()
+    first: dict[str, str] = {}
     for line in text.splitlines():
         key, _, val = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "cpu model", "hardware") and not model:
-            model = val.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = set(val.split())
-    return model, flags
+        first.setdefault(key.strip(), val.strip())
+    # x86 names the CPU in "model name" ("model" is a number there); ARM and others in "Model" or "Hardware".
+    model = next((first[k] for k in ("model name", "Model", "Hardware", "cpu model") if first.get(k)), "")
+    return model, set((first.get("flags") or first.get("Features") or "").split())
 
 
 def _numpy_features() -> dict[str, bool]:

@@ -487,10 +487,7 @@ def _load_dicom(data: bytes, sha: str, limits: _Limits) -> LoadedImage:
         ds.file_meta.TransferSyntaxUID = (uid.ImplicitVRLittleEndian if implicit else
                                           uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian)
 
-    try:
-        meta = _dicom_meta(ds, sha)
-    except Exception as e:  # noqa: BLE001 - a header value its VR cannot hold; pydicom parses values lazily
-        raise TbedgeInputError("unreadable", f"malformed DICOM header value: {type(e).__name__}") from None
+    meta = _dicom_meta(ds, sha)  # a value its VR cannot hold: unreadable (_load_dicom_guarded)
     if "PixelData" not in ds:
         raise TbedgeInputError("dicom_no_pixels")
     _check_dicom_content(ds, meta)
@@ -700,7 +697,7 @@ def _decode_dicom_pixels(ds: Any) -> np.ndarray:
     # Never GDCM: on a malformed JPEG 2000 stream it throws a C++ exception that aborts the whole process
     # (found by the load_image fuzzer). Another plugin, or imagecodecs, decodes what GDCM would.
     plugins = [p for p in (decoder.available_plugins if decoder.is_available else ()) if p != "gdcm"]
-    if ts.is_compressed and not plugins:
+    if _is_compressed(ts) and not plugins:
         return _decode_with_imagecodecs(ds, str(ts))
     try:
         if plugins:

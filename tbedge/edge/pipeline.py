@@ -69,8 +69,7 @@ def make_runner(bundle: Bundle, role: str, backend: str, threads: int = 0):
         return TensorRTRunner.from_bundle(bundle, role)
     from .runners.onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(bundle.model_path(role), threads=threads, name=role,
-                             session_config=bundle.session_config(role))
+    return OnnxRuntimeRunner(bundle.model_path(role), threads=threads, name=role)
 
 
 @dataclass

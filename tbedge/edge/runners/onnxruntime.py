@@ -21,7 +21,7 @@ class OnnxRuntimeRunner(Runner):
         self.model = model
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
-        self.session_config = dict(session_config or {})  # ORT session config entries (a bundle's form needs)
+        self.session_config = dict(session_config or {})  # extra ORT session config entries (studies of kernels)
         self.session = None
 
     def _activate(self) -> None:

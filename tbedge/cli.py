@@ -350,6 +350,27 @@ def train_crops(
     print(build_crop_cache(data, lungs, output, size=size, sets=sets))
 
 
+@train_app.command("orientation")
+def train_orientation(
+    data: Path = DATA,
+    out: Path = typer.Option(Path(__file__).resolve().parent / "models" / "orientation.npz", "--out",
+                             help="Weights to write (default: the shipped ones)."),
+    sets: str = typer.Option("all", "--sets", callback=_sets, help="Data sets of ../shared/data (core | all)."),
+):
+    """Fit the polarity/orientation layout model on upright films, with its leave-one-site-out rates.
+
+    Example: tbedge train orientation --sets all --out runs/orientation.npz
+    """
+    from .train.orientation import train_orientation as run
+
+    meta = run(data, out, sets=sets)
+    print("held-out site: share inverted / share flagged upside down, per form (film and mirror)")
+    for site, r in meta["leave_one_site_out"].items():
+        forms = "  ".join(f"{k} {v['inverted']:.4f}/{v['flagged']:.4f}" for k, v in r.items() if k != "films")
+        print(f"  {site:<11} {r['films']:>5} films  {forms}")
+    print(f"weights {out}")
+
+
 @train_app.command("classifier")
 def train_classifier(
     arch: str = typer.Option("resnet_s", "--arch", help="resnet_s | alexnet | googlenet | edge_irn | "

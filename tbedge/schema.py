@@ -50,6 +50,7 @@ QA_FLAGS: dict[str, str] = {
     "under_15": "patient younger than 15 years: WHO recommends CAD for ages 15 and over",
     "ap_view": "AP view (ViewPosition AP): CAD is validated on PA films",
     "inverted_suspected": "polarity looks inverted (bright air); the image was inverted before scoring",
+    "orientation_suspected": "the film looks upside down; it was scored as stored and triage is 'refer'",
     "lungs_implausible": "the lung mask failed QA; a fallback crop was scored and triage is 'refer'",
     "low_bit_depth": "fewer than 8 significant bits of grey levels",
 }
@@ -138,9 +139,13 @@ def tb_score(prob: float) -> float:
     return round(100.0 * float(prob), 1)
 
 
+REFER_FLAGS = frozenset({"lungs_implausible", "orientation_suspected"})  # QA flags that force 'refer'
+
+
 def triage_for(prob: float, threshold: float, qa_flags: list[str]) -> str:
-    # An implausible lung mask means the crop is a guess: a human reads the film.
-    if "lungs_implausible" in qa_flags:
+    # An implausible lung mask means the crop is a guess, and the model never saw upside-down films: a human
+    # reads the film.
+    if REFER_FLAGS.intersection(qa_flags):
         return TRIAGE_REFER
     return TRIAGE_REFER if prob >= threshold else TRIAGE_CLEAR
 

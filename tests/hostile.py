@@ -163,7 +163,7 @@ def _files_scored(f: Folder) -> None:
             (cv2.IMWRITE_JPEG_QUALITY, 95))
     f.raw("film_palette_fullres", "files", Expect(), ".png", f.fullres.read_bytes())
     f.image("negative_film", "files", Expect(flags=("inverted_suspected",), like="film_8bit"), ".png", 255 - film)
-    # Defect 6 (open): neither may be taken for a negative; each must be flagged and referred (or turned upright).
+    # Defect 6: neither may be taken for a negative; each must be flagged and referred.
     upright_gap = Expect(triage="refer", flags=("orientation_suspected",), no_flags=("inverted_suspected",))
     f.image("flipped_vertically", "files", upright_gap, ".png", f.film_tb[::-1].copy())
     f.image("rotated_180", "files", upright_gap, ".png", np.rot90(f.film_tb, 2).copy())

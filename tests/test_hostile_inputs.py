@@ -26,8 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 PEAK_RSS_MB = 600  # issue 21 acceptance, default settings, the whole folder
 MIN_KINDS = 75
 KNOWN_GAPS = {  # kind -> the open defect
-    "flipped_vertically": "issue 21, defect 6: no orientation check; a flipped film may be taken for a negative",
-    "rotated_180": "issue 21, defect 6: a film rotated 180 degrees is flagged inverted_suspected and inverted",
     # Found by this test (the checklist's "flagged, refer" rows; not among issue 21's 13 defects): the lung
     # QA passes these, so they are scored unflagged and referred only because their scores happen to be high.
     "lateral_looking_crop": "issue 21 checklist: lung QA accepts one lung (n_components 1) of a half-chest crop",

@@ -66,7 +66,7 @@ def test_png_8bit(sm_images):
     assert m.windowing == "full_range"
     assert m.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
     assert m.shape == (512, 512) and m.qa_flags == [] and not m.inverted_corrected
-    assert m.inversion_score > 0.2 and r.dataset is None
+    assert m.layout["upright"] > 0.9 and r.dataset is None
 
 
 def test_fullres_palette_png(data_root):
@@ -128,7 +128,7 @@ def test_dicom_monochrome2_16bit_and_meta(img8, tmp_path):
     ds = r.dataset
     assert m.sop_instance_uid == ds.SOPInstanceUID and m.study_instance_uid == ds.StudyInstanceUID
     assert "PixelData" not in ds and ds.Rows == 512  # headers kept for SR/SC writers
-    assert m.qa_flags == [] and m.inversion_score is None  # polarity is declared in DICOM
+    assert m.qa_flags == [] and not m.inverted_corrected  # polarity is declared in DICOM
 
 
 def test_dicom_monochrome1_equals_monochrome2(a12, tmp_path):
@@ -226,7 +226,7 @@ def test_rgb_secondary_capture_dicom(img8, tmp_path):
     r = load_image(make_dicom(tmp_path / "rgb.dcm", rgb, modality="OT", photometric="RGB"))
     assert r.meta.photometric == "RGB" and r.pixels.shape == (512, 512)
     assert np.abs(r.pixels - img8 / 255).max() <= 1 / 255 + 1e-6
-    assert r.meta.inversion_score > 0.2 and not r.meta.inverted_corrected
+    assert r.meta.layout["upright"] > 0.9 and not r.meta.inverted_corrected
     inv = load_image(make_dicom(tmp_path / "inv.dcm", 255 - rgb, modality="OT", photometric="RGB"))
     assert inv.meta.inverted_corrected and "inverted_suspected" in inv.meta.qa_flags
     assert np.abs(inv.pixels - r.pixels).max() < 1e-6
@@ -513,12 +513,40 @@ def test_inverted_suspected_on_sample(data_root, tmp_path):
         np.testing.assert_allclose(inv.pixels, orig.pixels, atol=1e-6)  # corrected back
 
 
+@pytest.mark.parametrize("turn", ["rotated_180", "flipped_vertically"])
+def test_upside_down_films_are_flagged_not_inverted(data_root, tmp_path, turn):
+    """Issue 21, defect 6: an upside-down film was taken for a negative (9 of 20). It must keep its
+    polarity and be flagged; an upside-down negative is both inverted and flagged."""
+    files = _sample(data_root, 40)
+    flagged = 0
+    for f in files:
+        a = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        assert "orientation_suspected" not in load_image(f).meta.qa_flags, f.name
+        t = np.rot90(a, 2) if turn == "rotated_180" else a[::-1]
+        cv2.imwrite(str(tmp_path / "t.png"), t)
+        r = load_image(tmp_path / "t.png")
+        assert "inverted_suspected" not in r.meta.qa_flags and not r.meta.inverted_corrected, f.name
+        flagged += "orientation_suspected" in r.meta.qa_flags
+        cv2.imwrite(str(tmp_path / "tn.png"), 255 - t)
+        n = load_image(tmp_path / "tn.png")
+        assert n.meta.inverted_corrected, f.name
+        np.testing.assert_allclose(n.pixels, r.pixels, atol=1e-6)
+        assert ("orientation_suspected" in n.meta.qa_flags) == ("orientation_suspected" in r.meta.qa_flags)
+    assert flagged >= 38, flagged  # leave-one-site-out on these sites: >= 95.6 % (docs/reason-codes.md)
+
+
+def test_upside_down_dicom_is_flagged(a12, tmp_path):
+    """DICOM declares polarity but not orientation: the orientation check still runs, polarity is kept."""
+    r = load_image(make_dicom(tmp_path / "up.dcm", np.ascontiguousarray(a12[::-1]), bits_stored=12))
+    assert r.meta.qa_flags == ["orientation_suspected"] and not r.meta.inverted_corrected
+
+
 def test_masks_need_check_polarity_off(data_root):
     """A lung mask (white lungs on black) reads as an inverted film: callers loading masks opt out."""
     m = sorted((data_root / "shenzhen_montgomery_512" / "masks").glob("*.png"))[0]
     raw = cv2.imread(str(m), cv2.IMREAD_GRAYSCALE)
     r = load_image(m, check_polarity=False)
-    assert r.meta.inversion_score is None and not r.meta.inverted_corrected
+    assert r.meta.layout is None and not r.meta.inverted_corrected
     np.testing.assert_array_equal(r.pixels, raw.astype(np.float32) / 255)
     assert load_image(m).meta.inverted_corrected  # the default would flip it
 
@@ -526,7 +554,7 @@ def test_masks_need_check_polarity_off(data_root):
 def test_inversion_check_skipped_for_declared_polarity(a12, tmp_path):
     r = load_image(make_dicom(tmp_path / "m1.dcm", (4095 - a12).astype(np.uint16), bits_stored=12,
                               photometric="MONOCHROME1"))
-    assert r.meta.inversion_score is None and "inverted_suspected" not in r.meta.qa_flags
+    assert r.meta.qa_flags == [] and not r.meta.inverted_corrected and r.meta.layout["upright"] > 0.9
 
 
 # == docs ======================================================================================
@@ -535,119 +563,3 @@ def test_reason_codes_doc_matches_schema():
     for table in (schema.REASONS, schema.QA_FLAGS):
         for code, text in table.items():
             assert f"| `{code}` | {text} |" in doc, code
-
-
-# == measurement (not a test) ====================================================================
-def measure_inversion(data: Path) -> dict:
-    """Polarity check on every image of ../shared/data, originals and inverted copies in memory."""
-    out = {}
-    for ds in ("shenzhen_montgomery_512", "nih_cxr14_512"):
-        scores = []
-        for f in sorted((data / ds / "images").glob("*/*.png")):
-            a = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
-            scores.append((imaging.inversion_score(a, 1 / 255), imaging.inversion_score(255 - a, 1 / 255)))
-        s = np.array(scores)
-        out[ds] = {"n": len(s), "false_positives": int((s[:, 0] < imaging.INVERTED_SCORE).sum()),
-                   "detected": int((s[:, 1] < imaging.INVERTED_SCORE).sum()),
-                   "min_original_score": round(float(s[:, 0].min()), 3),
-                   "max_inverted_score": round(float(s[:, 1].max()), 3)}
-    return out
-
-
-if __name__ == "__main__":
-    from conftest import DATA
-
-    print(json.dumps(measure_inversion(DATA), indent=1))
-
-
-def test_finding_encapsulated_offset_table_longer_than_the_file(tmp_path):
-    """Found by the load_image fuzzer: an encapsulated Pixel Data whose Basic Offset Table item claims
-    1.6 GB escaped load_image as struct.error (an error result) instead of a rejection."""
-    p = tmp_path / "bot.dcm"
-    make_dicom(p, np.full((160, 160), 100, np.uint8), encoding="jpegls")
-    data = bytearray(p.read_bytes())
-    item = data.index(b"\xfe\xff\x00\xe0", data.index(b"\xe0\x7f\x10\x00"))  # the offset table's item tag
-    data[item + 4:item + 8] = (1605783812).to_bytes(4, "little")
-    p.write_bytes(bytes(data))
-    with pytest.raises(TbedgeInputError) as e:
-        load_image(p)
-    assert e.value.reason == "truncated"
-
-
-def test_finding_malformed_pixel_spacing_is_ignored(tmp_path):
-    """Found by the load_image fuzzer: PixelSpacing '.' escaped load_image as ValueError. Spacing only informs,
-    so the film loads without it."""
-    import pydicom
-
-    p = tmp_path / "spacing.dcm"
-    make_dicom(p, np.full((160, 160), 100, np.uint8))
-    ds = pydicom.dcmread(p)
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.save_as(p)
-    data = p.read_bytes()
-    assert data.count(b"0.5\\0.5 ") == 1
-    p.write_bytes(data.replace(b"0.5\\0.5 ", b".\\.     "))  # the same length, a value DS cannot hold
-    img = load_image(p)
-    assert img.meta.pixel_spacing is None and img.pixels.shape == (160, 160)
-
-
-def test_finding_pixel_module_without_pixel_representation(tmp_path):
-    """Found by the load_image fuzzer: a Pixel Data whose module lacks Pixel Representation escaped load_image
-    as AttributeError from pydicom's decoder."""
-    import pydicom
-
-    p = tmp_path / "no_pr.dcm"
-    make_dicom(p, np.full((160, 160), 100, np.uint8))
-    ds = pydicom.dcmread(p)
-    del ds.PixelRepresentation
-    ds.save_as(p)
-    with pytest.raises(TbedgeInputError) as e:
-        load_image(p)
-    assert e.value.reason == "unsupported_format"
-
-
-def test_finding_lazy_element_conversion_error_is_unreadable(tmp_path, monkeypatch):
-    """Found by the load_image fuzzer: pydicom converts elements lazily, so a malformed one (an unknown VR,
-    tag (5700,4245)) raised NotImplementedError from our truncation check, after the parse had succeeded.
-    Whatever pydicom raises there, the file is unreadable, never an error."""
-    from tbedge.edge import imaging
-
-    p = tmp_path / "lazy.dcm"
-    make_dicom(p, np.full((160, 160), 100, np.uint8))
-
-    def lazy_failure(ds, data):
-        raise NotImplementedError("Unknown Value Representation '0x50 0x00' in tag (5700,4245)")
-
-    monkeypatch.setattr(imaging, "_check_dicom_truncation", lazy_failure)
-    with pytest.raises(TbedgeInputError) as e:
-        load_image(p)
-    assert e.value.reason == "unreadable"
-
-
-def test_finding_gdcm_is_never_asked_to_decode(tmp_path, monkeypatch):
-    """Found by the load_image fuzzer: on a malformed JPEG 2000 stream GDCM throws a C++ exception that
-    aborts the whole process (a `watch` service with it). Other decoders read the same films."""
-    from pydicom import uid
-    from pydicom.pixels import get_decoder
-
-    calls = []
-
-    def gdcm_called(*args, **kwargs):  # pydicom would quietly try its next plugin: record the call instead
-        calls.append(args)
-        raise RuntimeError("GDCM was asked to decode")
-
-    for syntax in (uid.JPEG2000Lossless, uid.JPEGLossless):  # the registry pydicom picks plugins from
-        monkeypatch.setitem(get_decoder(syntax)._available, "gdcm", gdcm_called)
-    px = (np.arange(160 * 160).reshape(160, 160) % 4096).astype(np.uint16)
-    for enc in ("jpeg2000", "jpeg_lossless"):
-        p = tmp_path / f"{enc}.dcm"
-        make_dicom(p, px, encoding=enc, bits_stored=12)
-        img = load_image(p)
-        assert img.pixels.shape == (160, 160) and img.meta.bit_depth == 12
-    data = bytearray((tmp_path / "jpeg2000.dcm").read_bytes())
-    siz = data.index(b"\xff\x4f\xff\x51")  # the codestream's SOC and SIZ markers
-    data[siz + 10:siz + 14] = b"\xff\xff\xff\xff"  # an image size no decoder accepts: pillow fails first
-    (tmp_path / "broken.dcm").write_bytes(bytes(data))
-    with pytest.raises(TbedgeInputError):
-        load_image(tmp_path / "broken.dcm")
-    assert not calls

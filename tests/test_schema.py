@@ -26,6 +26,8 @@ def test_result_rejects_unknown_names(kw):
 
 def test_implausible_lungs_always_refer():
     assert schema.triage_for(0.0, 0.5, ["lungs_implausible"]) == "refer"
+    assert schema.triage_for(0.0, 0.5, ["orientation_suspected"]) == "refer"
+    assert schema.triage_for(0.0, 0.5, ["inverted_suspected", "low_bit_depth"]) == "clear"
     assert schema.triage_for(0.1, 0.5, []) == "clear"
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..edge.bundle import load_bundle
 from ..fsio import atomic_write_text, sha256_file
-from ..schema import STATUS_OK
+from ..schema import REFER_FLAGS, STATUS_OK
 from ..train.metrics import TARGET_SENSITIVITY, sens_spec, threshold_at_sensitivity
 
 MIN_POSITIVES = 20  # below this the sensitivity's 95 % CI is wider than ±0.15 at 0.90
@@ -94,7 +94,7 @@ def matched_scores(results: str | Path, labels: dict[str, bool], classifier_sha2
             raise LocalThresholdError(f"{str(r.get('sha256'))[:12]}… was scored by classifier {str(used)[:12]}…, "
                                       f"not this bundle's {classifier_sha256[:12]}…: screen the films with "
                                       "this bundle first")
-        if "lungs_implausible" in r.get("qa_flags", []):
+        if REFER_FLAGS.intersection(r.get("qa_flags", [])):
             counts["always_referred"] += 1
             continue
         seen.add(key)

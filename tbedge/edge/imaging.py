@@ -15,8 +15,9 @@ Order of work, so that bad inputs cost little:
    concurrent decoders never hold more than one budget of pixels between them; DICOM: modality
    LUT / rescale -> VOI (VOI LUT Sequence, else window, else the full range of values present)
    -> MONOCHROME1 inversion;
-4. PNG/JPEG (and colour DICOM) carry no polarity: a 4x4 layout test on a thumbnail detects an
-   inverted film and corrects it (QA flag ``inverted_suspected``).
+4. a layout test on a thumbnail (``orientation``) flags a film that looks upside down (QA flag
+   ``orientation_suspected``); PNG/JPEG and colour DICOM carry no polarity, so the same test detects an
+   inverted film and corrects it (``inverted_suspected``).
 
 Nothing here logs; error details never contain patient names, IDs or file paths.
 """
@@ -43,6 +44,7 @@ import cv2
 import numpy as np
 
 from ..schema import TbedgeInputError
+from . import orientation
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # Pixels alone do not bound memory: a 97 KB zlib bomb of 10000x10000 8-bit grey used 667 MB, a 778 KB
@@ -65,18 +67,6 @@ UNDER_AGE_YEARS = 15.0
 # dark air above the shoulders, bright shoulders, dark upper lungs, bright mediastinum/heart and
 # a brighter abdomen, dark air beside the lower body. Rounded by hand from the per-site means of
 # ../shared/data (Shenzhen/Montgomery and NIH give the same pattern), made left-right symmetric.
-_LAYOUT = np.array(
-    [[-1.0, -0.5, -0.5, -1.0],
-     [0.5, -0.5, -0.5, 0.5],
-     [-0.5, 1.0, 1.0, -0.5],
-     [-1.0, 2.0, 2.0, -1.0]], np.float32)
-_LAYOUT = (_LAYOUT - _LAYOUT.mean()).ravel()
-_LAYOUT /= np.linalg.norm(_LAYOUT)
-# Correlation with the layout is antisymmetric under inversion (x -> 1 - x flips its sign). All
-# 1140 real films correlate >= +0.21, so < -0.10 is an inverted film; in between, do nothing.
-INVERTED_SCORE = -0.10
-_THUMB = 64
-_PAD_STD = 3.0 / 255.0  # a border row/column flatter than this is padding, not anatomy
 
 # -- DICOM content rules ---------------------------------------------------------------------
 # Modalities that are clearly not a projection radiograph of the chest.
@@ -136,7 +126,7 @@ class ImageMeta:
     transfer_syntax: str | None = None
     body_part: str | None = None
     window: tuple[float, float, str] | None = None  # (center, width, VOI LUT Function) when used
-    inversion_score: float | None = None  # layout correlation; None where polarity is declared
+    layout: dict[str, float] | None = None  # orientation.HYPOTHESES -> probability; None when not checked
     grey_levels: int | None = None  # distinct stored values on a pixel sample
 
 
@@ -389,44 +379,23 @@ def _finish_raster(arr: np.ndarray, fmt: str, bits: int, declared_bits: int, pho
         meta.qa_flags.append("low_bit_depth")
     px = arr.astype(np.float32) / np.float32(2 ** bits - 1)  # division: 255 -> exactly 1.0
     if check_polarity:
-        _fix_polarity(arr, 1.0 / (2 ** bits - 1), px, meta)
+        _check_layout(arr, 1.0 / (2 ** bits - 1), px, meta)
     return LoadedImage(px, meta)
 
 
-def _fix_polarity(arr: np.ndarray, scale: float, px: np.ndarray, meta: ImageMeta) -> None:
-    """Score the layout of `arr`; when inverted, invert `px` in place and flag it."""
-    meta.inversion_score = inversion_score(arr, scale)
-    if meta.inversion_score < INVERTED_SCORE:
+def _check_layout(img: np.ndarray, scale: float, px: np.ndarray, meta: ImageMeta,
+                  polarity_declared: bool = False) -> None:
+    """Score the film's layout (``orientation``): invert ``px`` in place when it looks like a negative (never
+    when the polarity is declared), and flag a film that looks upside down."""
+    lay = orientation.classify(img, scale)
+    meta.layout = lay.to_dict()
+    invert, flipped = orientation.decide(lay, polarity_declared)
+    if invert:
         np.subtract(1.0, px, out=px)
         meta.inverted_corrected = True
         meta.qa_flags.append("inverted_suspected")
-
-
-# -- polarity ---------------------------------------------------------------------------------
-def trim_padding(t: np.ndarray, tol: float = _PAD_STD) -> np.ndarray:
-    """Drop near-constant rows/columns at the borders (black or white padding, shutters)."""
-    r = np.flatnonzero(t.std(axis=1) > tol)
-    c = np.flatnonzero(t.std(axis=0) > tol)
-    if len(r) < 8 or len(c) < 8:
-        return t
-    return t[r[0]:r[-1] + 1, c[0]:c[-1] + 1]
-
-
-def inversion_score(img: np.ndarray, scale: float = 1.0) -> float:
-    """Correlation of the image layout with a normal-polarity chest film (+1 normal, -1 inverted).
-
-    ``img`` is a 2-D grey array; ``scale`` maps it to [0, 1]. Works on a 64x64 thumbnail
-    (well under a millisecond for a 512x512 image)."""
-    h, w = img.shape[:2]
-    step = max(1, min(h, w) // (4 * _THUMB))  # stride first: area-averaging 5 MP costs ~ms
-    small = img[::step, ::step] if step > 1 else img
-    t = cv2.resize(small.astype(np.float32) * np.float32(scale), (_THUMB, _THUMB),
-                   interpolation=cv2.INTER_AREA)
-    t = trim_padding(t)
-    v = cv2.resize(t, (4, 4), interpolation=cv2.INTER_AREA).ravel()
-    v = v - v.mean()
-    n = float(np.linalg.norm(v))
-    return float(v @ _LAYOUT / n) if n > 1e-6 else 0.0
+    if flipped:
+        meta.qa_flags.append("orientation_suspected")
 
 
 def _grey_levels(arr: np.ndarray) -> int:
@@ -525,6 +494,8 @@ def _decode_dicom(ds: Any, meta: ImageMeta, check_polarity: bool) -> LoadedImage
         px, meta.windowing, meta.window = dicom_to_display(arr, ds)
         if pi == "MONOCHROME1":
             px = np.subtract(1.0, px, out=px)
+        if check_polarity:  # the polarity is declared; the orientation is not
+            _check_layout(px, 1.0, px, meta, polarity_declared=True)
     else:  # colour secondary capture: no declared polarity, treat like a PNG photo of a film
         if pi == "PALETTE COLOR":
             from pydicom.pixels import apply_color_lut
@@ -533,7 +504,7 @@ def _decode_dicom(ds: Any, meta: ImageMeta, check_polarity: bool) -> LoadedImage
         top = 255 if arr.dtype == np.uint8 else 65535
         px = arr.astype(np.float32) / np.float32(top)
         if check_polarity:
-            _fix_polarity(arr, 1.0 / top, px, meta)
+            _check_layout(arr, 1.0 / top, px, meta)
     meta.shape = px.shape[:2]
     # Keep headers for SR/SC writers; drop the (large) pixel bytes.
     del ds.PixelData

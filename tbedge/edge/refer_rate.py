@@ -21,11 +21,11 @@ ADVICE = ("check the operating point on this site's labelled films: tbedge set-t
 
 
 def counted(result: dict) -> bool:
-    """Films whose triage the threshold decided: scored, first copy of its content, lungs plausible
-    (a film with implausible lungs is referred whatever its score)."""
+    """Films whose triage the threshold decided: scored, first copy of its content, no QA flag that forces
+    'refer' (``schema.REFER_FLAGS``: such a film is referred whatever its score)."""
     return (result.get("status") == schema.STATUS_OK and not result.get("duplicate_of")
             and result.get("triage") in (schema.TRIAGE_REFER, schema.TRIAGE_CLEAR)
-            and "lungs_implausible" not in (result.get("qa_flags") or []))
+            and not schema.REFER_FLAGS.intersection(result.get("qa_flags") or []))
 
 
 @dataclass

@@ -403,6 +403,8 @@ def train_classifier(
     train_fraction: float = typer.Option(1.0, "--train-fraction", help="Train on this share of the training "
                                          "films (per site and class; a learning curve). Selection is unchanged."),
     sets: str = SETS,
+    film_look: float = typer.Option(0.0, "--film-look", help="Film-look augmentation on every class (resolution, "
+                                    "H&D curve, grain, sharpening, strokes), its probabilities scaled by P; 0 = off."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -415,7 +417,7 @@ def train_classifier(
                 nih_weight=nih_weight, nih_normal_weight=nih_normal_weight,
                 nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength, nih_adversary=nih_adversary,
                 lung_power=lung_power, average_from=average_from, mixup_alpha=mixup,
-                train_fraction=train_fraction, sets=sets)
+                train_fraction=train_fraction, sets=sets, film_look_p=film_look)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

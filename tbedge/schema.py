@@ -51,6 +51,7 @@ QA_FLAGS: dict[str, str] = {
     "ap_view": "AP view (ViewPosition AP): CAD is validated on PA films",
     "inverted_suspected": "polarity looks inverted (bright air); the image was inverted before scoring",
     "orientation_suspected": "the film looks upside down; it was scored as stored and triage is 'refer'",
+    "colour_image": "the image has colour content (a photo, not a radiograph); triage is 'refer'",
     "lungs_implausible": "the lung mask failed QA; a fallback crop was scored and triage is 'refer'",
     "low_bit_depth": "fewer than 8 significant bits of grey levels",
 }
@@ -139,12 +140,12 @@ def tb_score(prob: float) -> float:
     return round(100.0 * float(prob), 1)
 
 
-REFER_FLAGS = frozenset({"lungs_implausible", "orientation_suspected"})  # QA flags that force 'refer'
+REFER_FLAGS = frozenset({"lungs_implausible", "orientation_suspected", "colour_image"})  # QA flags that force 'refer'
 
 
 def triage_for(prob: float, threshold: float, qa_flags: list[str]) -> str:
-    # An implausible lung mask means the crop is a guess, and the model never saw upside-down films: a human
-    # reads the film.
+    # An implausible lung mask means the crop is a guess, and the model never saw upside-down films or colour
+    # photos: a human reads the film.
     if REFER_FLAGS.intersection(qa_flags):
         return TRIAGE_REFER
     return TRIAGE_REFER if prob >= threshold else TRIAGE_CLEAR

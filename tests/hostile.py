@@ -173,7 +173,7 @@ def _files_scored(f: Folder) -> None:
             cv2.resize(film[:, 180:400], (300, 512), interpolation=cv2.INTER_AREA))
     rng = np.random.default_rng(21)
     photo = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
-    f.image("colour_photo", "files", REFER_FLAGGED, ".jpg", photo)
+    f.image("colour_photo", "files", Expect(triage="refer", flags=("colour_image",)), ".jpg", photo)
     f.image("rgb_noise", "files", REFER_FLAGGED, ".png", rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
     f.image("fully_black", "files", REFER_FLAGGED, ".png", np.zeros((512, 512), np.uint8))
     f.image("fully_white", "files", REFER_FLAGGED, ".png", np.full((512, 512), 255, np.uint8))

@@ -563,3 +563,19 @@ def test_reason_codes_doc_matches_schema():
     for table in (schema.REASONS, schema.QA_FLAGS):
         for code, text in table.items():
             assert f"| `{code}` | {text} |" in doc, code
+
+
+def test_colour_image_flag(img8, tmp_path):
+    """A colour photo is not a radiograph (issue 21 checklist); a tinted copy of a film still is."""
+    sepia = np.clip(img8[..., None].astype(np.float32) * np.array([0.6, 0.8, 1.0], np.float32), 0, 255)  # BGR
+    cv2.imwrite(str(tmp_path / "sepia.jpg"), sepia.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    assert "colour_image" not in load_image(tmp_path / "sepia.jpg").meta.qa_flags
+    rng = np.random.default_rng(21)
+    photo = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(tmp_path / "photo.png"), photo)
+    assert "colour_image" in load_image(tmp_path / "photo.png").meta.qa_flags
+    rgb = cv2.cvtColor(img8, cv2.COLOR_GRAY2RGB)
+    grey = load_image(make_dicom(tmp_path / "g.dcm", rgb, modality="OT", photometric="RGB"))
+    assert "colour_image" not in grey.meta.qa_flags
+    assert "colour_image" in load_image(make_dicom(tmp_path / "c.dcm", np.ascontiguousarray(photo[..., ::-1]),
+                                                   modality="OT", photometric="RGB")).meta.qa_flags

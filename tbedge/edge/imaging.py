@@ -60,6 +60,10 @@ HEAD_BYTES = 1 << 16  # enough for every magic number and a PNG IHDR / JPEG SOF 
 # and cavities a reader looks for. Rejected from the header (``too_small``), before decoding.
 MIN_SIDE = 128
 LOW_LEVELS = 64  # fewer distinct grey levels than this (on a sample) -> QA flag low_bit_depth
+# Colour variation (std of the opponent channels, grey levels of 255) above this -> QA flag colour_image. A
+# radiograph stored as RGB has none; a uniform tint (a photo of a film on a light box) is a mean, not a
+# variation. Measured: docs/reason-codes.md.
+COLOUR_STD = 30.0
 UNDER_AGE_YEARS = 15.0
 
 # -- polarity check ----------------------------------------------------------------------------
@@ -370,10 +374,13 @@ def _load_jpeg(data: bytes, sha: str, limits: _Limits) -> LoadedImage:
 def _finish_raster(arr: np.ndarray, fmt: str, bits: int, declared_bits: int, photometric: str,
                    sha: str, check_polarity: bool = True) -> LoadedImage:
     """PNG/JPEG array (uint8/uint16, gray/BGR/BGRA) -> LoadedImage with the polarity check."""
+    colour = arr.ndim == 3 and arr.shape[2] in (3, 4) and colour_std(arr[..., 2::-1]) > COLOUR_STD
     if arr.ndim == 3:
         code = cv2.COLOR_BGRA2GRAY if arr.shape[2] == 4 else cv2.COLOR_BGR2GRAY
         arr = cv2.cvtColor(arr, code) if arr.shape[2] in (3, 4) else arr[..., 0]
     meta = ImageMeta(fmt, bits, photometric, sha, arr.shape[:2])
+    if colour:
+        meta.qa_flags.append("colour_image")
     meta.grey_levels = _grey_levels(arr)
     if declared_bits < 8 or meta.grey_levels < LOW_LEVELS:
         meta.qa_flags.append("low_bit_depth")
@@ -396,6 +403,16 @@ def _check_layout(img: np.ndarray, scale: float, px: np.ndarray, meta: ImageMeta
         meta.qa_flags.append("inverted_suspected")
     if flipped:
         meta.qa_flags.append("orientation_suspected")
+
+
+def colour_std(rgb: np.ndarray) -> float:
+    """Spread of colour on a ~64k-pixel sample: sqrt(var(R-G) + var((R+G)/2-B)), in 8-bit grey levels (the
+    variation term of Hasler and Suesstrunk's colourfulness)."""
+    h, w = rgb.shape[:2]
+    step = max(1, int((h * w / 65536) ** 0.5))
+    x = rgb[::step, ::step, :3].astype(np.float32) * np.float32(255.0 / (65535 if rgb.dtype == np.uint16 else 255))
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    return float(np.sqrt((r - g).var() + (0.5 * (r + g) - b).var()))
 
 
 def _grey_levels(arr: np.ndarray) -> int:
@@ -500,6 +517,8 @@ def _decode_dicom(ds: Any, meta: ImageMeta, check_polarity: bool) -> LoadedImage
         if pi == "PALETTE COLOR":
             from pydicom.pixels import apply_color_lut
             arr = apply_color_lut(arr, ds)
+        if colour_std(arr[..., :3]) > COLOUR_STD:
+            meta.qa_flags.append("colour_image")
         arr = cv2.cvtColor(np.ascontiguousarray(arr[..., :3]), cv2.COLOR_RGB2GRAY)
         top = 255 if arr.dtype == np.uint8 else 65535
         px = arr.astype(np.float32) / np.float32(top)

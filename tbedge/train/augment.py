@@ -3,6 +3,9 @@
 Geometry: small rotations, shifts and scales (no left-right flip: the heart is on the left).
 Photometry: brightness/contrast, gamma, tone curves, blur, noise, JPEG artefacts. Each is
 applied with its own probability from a seeded Generator, so a run is reproducible.
+Film look (``film_look``): what separates one acquisition chain from another rather than one disease from
+another (resolution, the film's tone curve, grain, digital sharpening, scratches and pen strokes), applied
+to every class alike so that no look can carry a label (issue 20).
 Mixup (blending samples within a batch) is here for the classifier study; the recipe does not use it.
 """
 
@@ -50,6 +53,34 @@ def photometric(rng: np.random.Generator, img: np.ndarray, strength: float = 1.0
         ok, enc = cv2.imencode(".jpg", (np.clip(x, 0, 1) * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, q])
         if ok:
             x = cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+def film_look(rng: np.random.Generator, img: np.ndarray, p: float = 1.0) -> np.ndarray:
+    """img float32 [0, 1] (S, S) -> the same film as another acquisition chain might have made it. ``p`` scales
+    every step's probability (0 = unchanged)."""
+    if p <= 0:
+        return img
+    x = img.astype(np.float32, copy=True)
+    h, w = x.shape
+    if rng.random() < 0.5 * p:  # resolution: a 256-pixel scan against a 3000-pixel detector
+        f = rng.uniform(0.35, 1.0)
+        small = cv2.resize(x, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
+        x = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.5 * p:  # film characteristic (H&D) curve: a sigmoid, rescaled to keep [0, 1]
+        c, k = rng.uniform(0.35, 0.65), rng.uniform(3.0, 10.0)
+        lo, hi = 1 / (1 + np.exp(k * c)), 1 / (1 + np.exp(-k * (1 - c)))
+        x = ((1 / (1 + np.exp(-k * (x - c))) - lo) / (hi - lo)).astype(np.float32)
+    if rng.random() < 0.4 * p:  # film grain: spatially correlated, multiplicative
+        g = cv2.GaussianBlur(rng.normal(0, 1, x.shape).astype(np.float32), (0, 0), rng.uniform(0.5, 1.5))
+        x = x * (1 + g * np.float32(rng.uniform(0.02, 0.08)))
+    if rng.random() < 0.3 * p:  # digital processing: unsharp masking
+        s = rng.uniform(1.0, 3.0)
+        x = x + np.float32(rng.uniform(0.3, 1.0)) * (x - cv2.GaussianBlur(x, (0, 0), s))
+    if rng.random() < 0.25 * p:  # scratches, dust and pen strokes
+        for _ in range(int(rng.integers(1, 5))):
+            pts = (rng.uniform(0, 1, (int(rng.integers(2, 5)), 2)) * (w, h)).astype(np.int32)
+            cv2.polylines(x, [pts], False, float(rng.uniform(0, 1)), int(rng.integers(1, 3)), cv2.LINE_AA)
     return np.clip(x, 0, 1).astype(np.float32)
 
 

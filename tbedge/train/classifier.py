@@ -22,7 +22,7 @@ from ..edge.bundle import model_sidecar
 from ..fsio import atomic_path, atomic_write_text
 from ..schema import CLASS_NAMES
 from . import metrics as M
-from .augment import mixup, photometric, random_affine, warp
+from .augment import film_look, mixup, photometric, random_affine, warp
 from .crops import Crops, build_crop_cache, load_crops
 from .predict import model_predictor
 
@@ -209,7 +209,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                      nih_not_tb: str = "none", nih_aug_strength: float | None = None,
                      nih_adversary: float = 0.0, lung_power: float = 1.0,
                      average_from: float | None = None, mixup_alpha: float = 0.0,
-                     train_fraction: float = 1.0, sets: str | tuple = "core",
+                     train_fraction: float = 1.0, sets: str | tuple = "core", film_look_p: float = 0.0,
                      log: Callable[[str], None] = print) -> dict:
     """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
 
@@ -318,7 +318,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
                 img = xtr[k].astype(np.float32) / 255.0  # (S, S, C): raw crop [+ lung weights]
                 img = warp(img, random_affine(rng, (size, size), rot=5.0, shift=0.04, scale=(0.93, 1.07)))
                 img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
-                img[..., 0] = photometric(rng, img[..., 0], strength[k])  # the film varies, the mask not
+                img[..., 0] = photometric(rng, film_look(rng, img[..., 0], film_look_p), strength[k])  # not the mask
                 bx[j] = prepare(img, prep)  # then masked / equalised exactly as at runtime
             ys = [None if t is None else t[idx] for t in targets]
             ws = [None if w is None else w[idx] for w in weights]
@@ -367,6 +367,7 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
               "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
               "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
               "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength, "nih_adversary": nih_adversary,
+              "film_look_p": film_look_p,
               "lung_power": lung_power, "average_from": average_from, "mixup_alpha": mixup_alpha,
               "train_fraction": train_fraction, "sets": sets if isinstance(sets, str) else list(sets),
               "crops": str(crops_npz), "crops_meta": crops.meta,

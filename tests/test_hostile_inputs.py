@@ -7,8 +7,7 @@ commands by tests/test_offline.py (a network namespace under strace), not repeat
 rows of the checklist (SIGTERM, --once, --resume, two writers, failed outputs, error wrapping) have
 their own tests in test_watch*.py, test_screen.py and test_cli.py.
 
-Kinds the product does not meet yet are listed in KNOWN_GAPS with their issue and checked by a strict
-xfail test: it starts failing (XPASS) the day the gap is closed, so the list cannot go stale."""
+Every kind must meet its expectation: there is no list of known gaps."""
 
 from __future__ import annotations
 
@@ -25,11 +24,6 @@ from hostile import PATIENT, PATIENT_ID, Folder, Kind, build
 REPO = Path(__file__).resolve().parents[1]
 PEAK_RSS_MB = 600  # issue 21 acceptance, default settings, the whole folder
 MIN_KINDS = 75
-KNOWN_GAPS = {  # kind -> the open defect
-    # Found by this test (the checklist's "flagged, refer" rows; not among issue 21's 13 defects): the lung
-    # QA passes these, so they are scored unflagged and referred only because their scores happen to be high.
-    "lateral_looking_crop": "issue 21 checklist: lung QA accepts one lung (n_components 1) of a half-chest crop",
-}
 
 
 # `tbedge screen` that writes its own peak RSS (KB) to argv[1] when it exits.
@@ -106,8 +100,6 @@ def test_hostile_folder(run):
     assert sorted(lines) == sorted(paths)  # every path has its line, and nothing else has one
     problems = {}
     for name, kind in kinds.items():
-        if name in KNOWN_GAPS:
-            continue
         bad = _problems(kind, lines)
         if not bad and kind.expect.like:
             bad = _same_decision(kind, kinds[kind.expect.like], lines)
@@ -131,11 +123,3 @@ def test_same_name_in_two_folders_gets_two_outputs(run):
     folder, lines, _, _ = run
     outs = [o["path"] for p in folder.kinds["same_name_two_folders"].paths for o in lines[str(p)][0]["outputs"]]
     assert len(outs) == len(set(outs)) == 2 and all(Path(o).is_file() for o in outs)
-
-
-@pytest.mark.parametrize("name", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=why))
-                                  for k, why in KNOWN_GAPS.items()])
-def test_known_gaps(run, name):
-    """Each open gap fails its expectation; the day one is closed, its XPASS fails the run: move it out."""
-    folder, lines, _, _ = run
-    assert not _problems(folder.kinds[name], lines)

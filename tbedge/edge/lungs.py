@@ -141,6 +141,8 @@ def mask_qa(mask: np.ndarray, heat: np.ndarray | None = None) -> MaskQA:
             fails.append("position")
         if balance is not None and balance < QA_MIN_BALANCE:
             fails.append("balance")
+        if len(areas) == 1:  # half a chest, or a lung the model could not find: the crop would be a guess
+            fails.append("one_lung")
         if uncertain > QA_MAX_UNCERTAIN:
             fails.append("uncertain")
         if confidence is not None and confidence < QA_MIN_CONFIDENCE:

@@ -15,7 +15,7 @@ if [ "$#" -gt 0 ]; then
 fi
 
 if [ "$BACKEND" = "tensorrt" ]; then
-    if python3 -m tbedge.edge.runners.tensorrt --check-plans "$ENGINES"; then
+    if tbedge check-plans "$ENGINES"; then
         log "using TensorRT plans in $ENGINES"
     else
         log "building TensorRT plans for this device into $ENGINES (first start or new TensorRT/GPU)"
@@ -24,7 +24,7 @@ if [ "$BACKEND" = "tensorrt" ]; then
         # Build beside the old bundle and swap directories only when the build succeeded, so a
         # crash mid-build never leaves a half-written bundle in place.
         if tbedge build-engine --default --target tensorrt --out "$partial" \
-                && python3 -m tbedge.edge.runners.tensorrt --check-plans "$partial"; then
+                && tbedge check-plans "$partial"; then
             rm -rf "$ENGINES.old"
             if [ -e "$ENGINES" ]; then mv "$ENGINES" "$ENGINES.old"; fi
             mv "$partial" "$ENGINES"

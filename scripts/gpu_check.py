@@ -64,12 +64,12 @@ def sec_env(ctx: dict) -> dict:
     except ImportError as e:
         out["cuda_python"] = f"missing ({e})"
     try:
-        from tbedge.edge.cuda.compile import nvrtc_version
+        from tbedge.runtime.gpu.compile import nvrtc_version
 
         out["nvrtc"] = ".".join(map(str, nvrtc_version()))
     except Exception as e:  # noqa: BLE001 - report, do not stop
         out["nvrtc"] = f"unavailable ({e})"
-    from tbedge.edge.cuda.device import device_info, gpu_available
+    from tbedge.runtime.gpu.device import device_info, gpu_available
 
     ok, why = gpu_available()
     out["gpu"] = why
@@ -89,7 +89,7 @@ def sec_env(ctx: dict) -> dict:
 
 
 def sec_nvrtc(ctx: dict) -> dict:
-    from tbedge.edge.cuda.compile import KERNELS, compile_ptx
+    from tbedge.runtime.gpu.compile import KERNELS, compile_ptx
 
     archs = [ctx["info"].arch] if "info" in ctx else ["compute_87", "compute_90"]
     res = {}
@@ -102,9 +102,9 @@ def sec_nvrtc(ctx: dict) -> dict:
 
 
 def sec_tables(ctx: dict) -> dict:
-    from tbedge.edge import lungs
-    from tbedge.edge.cuda.plan import resize_reference, resize_tables
-    from tbedge.edge.imaging import load_image
+    from tbedge.runtime import lungs
+    from tbedge.runtime.gpu.plan import resize_reference, resize_tables
+    from tbedge.runtime.imaging import load_image
 
     worst = 0.0
     for p in ctx["images"]:
@@ -128,9 +128,9 @@ def sec_kernels(ctx: dict) -> dict:
     _need_gpu(ctx)
     import cv2
 
-    from tbedge.edge import lungs
-    from tbedge.edge.cuda import GpuPreprocessor
-    from tbedge.edge.imaging import load_image
+    from tbedge.runtime import lungs
+    from tbedge.runtime.gpu import GpuPreprocessor
+    from tbedge.runtime.imaging import load_image
 
     res = {}
     for mode in ("pinned", "mapped"):
@@ -162,10 +162,10 @@ def sec_kernels(ctx: dict) -> dict:
 
 def sec_timing(ctx: dict, reps: int = 20) -> dict:
     _need_gpu(ctx)
-    from tbedge.edge import lungs
-    from tbedge.edge.cuda import GpuPreprocessor
-    from tbedge.edge.cuda import device as dv
-    from tbedge.edge.imaging import load_image
+    from tbedge.runtime import lungs
+    from tbedge.runtime.gpu import GpuPreprocessor
+    from tbedge.runtime.gpu import device as dv
+    from tbedge.runtime.imaging import load_image
 
     p = max(ctx["images"], key=lambda q: raw_image(q).size)  # the largest film
     raw, img = raw_image(p), load_image(p).pixels
@@ -226,11 +226,11 @@ def sec_tensorrt(ctx: dict, bundle: str | None, batches=(1, 4, 8)) -> dict:
     _need_gpu(ctx)
     if not ctx.get("trt"):
         raise Skip("TensorRT is not installed")
-    from tbedge.edge import lungs
-    from tbedge.edge.bundle import ROLES, load_bundle
-    from tbedge.edge.imaging import load_image
-    from tbedge.edge.runners.onnxruntime import OnnxRuntimeRunner
-    from tbedge.edge.runners.tensorrt import TensorRTRunner
+    from tbedge.runtime import lungs
+    from tbedge.runtime.bundle import ROLES, load_bundle
+    from tbedge.runtime.imaging import load_image
+    from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
+    from tbedge.runtime.runners.tensorrt import TensorRTRunner
 
     try:
         b = load_bundle(bundle)

@@ -19,10 +19,10 @@ from tbedge import datasets
 from tbedge.build import gate as G
 from tbedge.build import precision as P
 from tbedge.calibration import ranges as R
-from tbedge.edge import lungs as L
-from tbedge.edge.bundle import ROLES, default_bundle_path, load_bundle
-from tbedge.edge.imaging import load_image
-from tbedge.edge.runners.onnxruntime import OnnxRuntimeRunner
+from tbedge.runtime import lungs as L
+from tbedge.runtime.bundle import ROLES, default_bundle_path, load_bundle
+from tbedge.runtime.imaging import load_image
+from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
 MODELS = default_bundle_path().parent
 PRECISE = {"session.x64quantprecision": "1"}

@@ -105,8 +105,9 @@ def screen(
 
     Example: tbedge screen ../shared/data/nih_cxr14_512 --output r.jsonl --overlays ov/
     """
-    from .edge.screen import EXIT_OUTPUTS_FAILED, expand_inputs
-    from .edge.screen import screen as run_screen
+    from .inputs import expand_inputs
+    from .services.screen import EXIT_OUTPUTS_FAILED
+    from .services.screen import screen as run_screen
 
     files, _ = expand_inputs(paths)
     prog, tick = _progress(len(files), "screening")
@@ -152,7 +153,7 @@ def watch(
 
     Example: tbedge watch /incoming --out /results
     """
-    from .edge.watch import watch as run_watch
+    from .services.watch import watch as run_watch
 
     raise typer.Exit(run_watch(incoming, out, engine, backend, batch, threads, once, stable_seconds, rescan_seconds,
                                retention_days or None, min_free_mb, max_attempts, archive_dir,
@@ -172,8 +173,8 @@ def segment(
 
     Example: tbedge segment xray.png --out seg/
     """
-    from .edge.screen import EXIT_OUTPUTS_FAILED
-    from .edge.segment import OUTPUT_FAILED, segment_files
+    from .services.screen import EXIT_OUTPUTS_FAILED
+    from .services.segment import OUTPUT_FAILED, segment_files
 
     files, skipped = segment_files(images, out, engine, backend, strict_engine)
     line = f"{len(files)} images -> {out}"
@@ -199,8 +200,8 @@ def doctor(
     """
     import json
 
-    from .edge.doctor import doctor as run
-    from .edge.doctor import render
+    from .tools.doctor import doctor as run
+    from .tools.doctor import render
 
     rep = run(phantoms, threads, engine, progress=None if json_out else
               (lambda m: console.print(m, markup=False, highlight=False)))
@@ -230,6 +231,20 @@ def train_lungs(
     state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site, lr=lr, init=init, base=base,
                 size=size)
     print(f"best val Dice {state['best']:.4f} at epoch {state['best_epoch'] + 1}; model {out / 'best.keras'}")
+
+
+@app.command("check-plans")
+def check_plans(bundle: Path = typer.Argument(..., help="Bundle directory with TensorRT plans.")):
+    """Exit 0 when the bundle's TensorRT plans exist, verify and fit this host's TensorRT and GPU; 1 (rebuild)
+    otherwise. The container entrypoint uses it to decide whether to rebuild the plans.
+
+    Example: tbedge check-plans /engines/default
+    """
+    from .runtime.runners.tensorrt import plans_ok
+
+    ok, why = plans_ok(bundle)
+    print(("ok: " if ok else "rebuild: ") + why)
+    raise typer.Exit(0 if ok else 1)
 
 
 @app.command("build-engine")
@@ -322,8 +337,8 @@ def bench(
 
     Example: tbedge bench ../shared/data/shenzhen_montgomery_512/images --json out.json
     """
-    from .edge.bench import bench as run
-    from .edge.bench import print_report
+    from .tools.bench import bench as run
+    from .tools.bench import print_report
 
     rep = run(images or None, engine or None, backend, precision, batch or 1, threads, duration, iterations, warmup,
               rounds, json_path, progress=lambda label: console.print(label, markup=False, highlight=False),
@@ -549,9 +564,9 @@ USER_ERRORS: tuple = (FileNotFoundError, FileExistsError, NotADirectoryError, Pe
 def _user_errors() -> tuple:
     from .build.bundle_copy import BuildError
     from .build.local_threshold import LocalThresholdError
-    from .edge.bench import BenchError
-    from .edge.bundle import BundleError
+    from .runtime.bundle import BundleError
     from .schema import TbedgeInputError
+    from .tools.bench import BenchError
 
     errors = (*USER_ERRORS, BundleError, TbedgeInputError, BenchError, BuildError, LocalThresholdError)
     try:  # build errors are the user's to fix (a failed gate, a bad model); needs the [build] extra

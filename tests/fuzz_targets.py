@@ -18,7 +18,7 @@ import numpy as np
 with atheris.instrument_imports(include=["tbedge", "pydicom"]):
     import pydicom  # noqa: F401  (instrumented: the DICOM parser is part of the loader's attack surface)
 
-    from tbedge.edge import imaging, lungs
+    from tbedge.runtime import imaging, lungs
     from tbedge.schema import REASONS, TbedgeInputError
 
 _FILE = os.path.join(tempfile.mkdtemp(prefix="tbedge-fuzz-"), "input")

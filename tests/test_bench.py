@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from tbedge import schema
-from tbedge.edge import bench as B
+from tbedge.tools import bench as B
+from tbedge.tools import bench_child as BC
 
 ORDER = ("min", "median", "p90", "p95", "p99", "max")
 
@@ -171,10 +172,10 @@ def test_stats_and_medians_keep_order():
 
 
 def test_slice_budgets():
-    assert B.slice_budgets(None, 10.0, 4, 8) == [(None, 2.5)] * 4
-    assert B.slice_budgets(4, None, 4, 2) == [(2, None)] * 2  # whole batches, never below one
-    assert B.slice_budgets(100, None, 4, 8) == [(32, None)] * 4  # at least the asked-for 100 in all
-    assert B.slice_budgets(3, 5.0, 4, 8) == [(8, 5.0)]
+    assert BC.slice_budgets(None, 10.0, 4, 8) == [(None, 2.5)] * 4
+    assert BC.slice_budgets(4, None, 4, 2) == [(2, None)] * 2  # whole batches, never below one
+    assert BC.slice_budgets(100, None, 4, 8) == [(32, None)] * 4  # at least the asked-for 100 in all
+    assert BC.slice_budgets(3, 5.0, 4, 8) == [(8, 5.0)]
 
 
 TRTEXEC_SAMPLE = """  # noqa: E501 (trtexec output, verbatim shape)[I] === Performance summary ===
@@ -187,7 +188,7 @@ TRTEXEC_SAMPLE = """  # noqa: E501 (trtexec output, verbatim shape)[I] === Perfo
 
 
 def test_parse_trtexec_summary():
-    from tbedge.edge.bench import parse_trtexec
+    from tbedge.tools.bench import parse_trtexec
 
     t = parse_trtexec(TRTEXEC_SAMPLE)
     assert t["throughput_qps"] == 2143.51

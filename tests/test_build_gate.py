@@ -35,7 +35,7 @@ def test_paired_bootstrap_and_flips():
 @pytest.fixture(scope="module")
 def fp32_models(tf_keras):
     from tbedge.build.tiny import tiny_fp32_bundle
-    from tbedge.edge.bundle import load_bundle
+    from tbedge.runtime.bundle import load_bundle
 
     b = load_bundle(tiny_fp32_bundle())
     return {r: b.model_path(r) for r in ("lungs", "classifier")}, b.crop_prep

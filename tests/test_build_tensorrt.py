@@ -96,14 +96,14 @@ def test_plan_metadata_and_file_name():
 def test_real_tensorrt_build(tmp_path, tf_keras):
     if not T.tensorrt_available():
         pytest.skip("TensorRT is not installed on this host (CPU build host); plans are built on the device")
-    from tbedge.edge.pipeline import gpu_available
+    from tbedge.runtime.pipeline import gpu_available
 
     if not gpu_available():
         pytest.skip("TensorRT is installed but no CUDA GPU answers")
     import tensorrt as trt
 
     from tbedge.build.tiny import tiny_fp32_bundle
-    from tbedge.edge.bundle import load_bundle
+    from tbedge.runtime.bundle import load_bundle
 
     b = load_bundle(tiny_fp32_bundle())
     prof = T.profile_for("image", b.entry("lungs")["input"]["shape"], 2, 4)

@@ -78,7 +78,7 @@ def int8_forms(tf_keras, tmp_path_factory):
     from tbedge.build import precision as P
     from tbedge.build.tiny import tiny_fp32_bundle
     from tbedge.calibration.ranges import compute_ranges
-    from tbedge.edge.bundle import load_bundle, phantom
+    from tbedge.runtime.bundle import load_bundle, phantom
 
     d = tmp_path_factory.mktemp("forms")
     b = load_bundle(tiny_fp32_bundle())
@@ -110,7 +110,7 @@ def test_shipped_classifier_fp16_form_has_one_type_per_op(tmp_path):
     """The lung-core head squares lung fractions with Pow: its fp16 conversion must keep Pow in one
     type, or the TensorRT fp16 build fails on the device (not run on a GPU here)."""
     from tbedge.build.precision import to_fp16
-    from tbedge.edge.bundle import default_bundle_path, load_bundle
+    from tbedge.runtime.bundle import default_bundle_path, load_bundle
 
     src = load_bundle(default_bundle_path().parent / "fp32").model_path("classifier")
     m = onnx.load(str(to_fp16(src, tmp_path / "c16.onnx")))

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tbedge.edge.bundle import BundleError, check_plan_device, load_bundle, run_self_test, sha256_file
+from tbedge.runtime.bundle import BundleError, check_plan_device, load_bundle, run_self_test, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _rewrite(path, fn):
 
 
 def _runners(b):
-    from tbedge.edge.runners.onnxruntime import OnnxRuntimeRunner
+    from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     return {r: OnnxRuntimeRunner(b.model_path(r), name=r) for r in ("lungs", "classifier")}
 

@@ -25,7 +25,7 @@ def test_selection_is_calib_only_and_disjoint(data_root):
 @pytest.fixture(scope="module")
 def lung_onnx(tf_keras):
     from tbedge.build.tiny import tiny_fp32_bundle
-    from tbedge.edge.bundle import load_bundle
+    from tbedge.runtime.bundle import load_bundle
 
     return load_bundle(tiny_fp32_bundle()).model_path("lungs")
 
@@ -62,7 +62,7 @@ def test_ranges_once_two_forms(lung_onnx, tmp_path):
 
     from tbedge.build import precision as P
     from tbedge.calibration.ranges import compute_ranges, read_table, write_table
-    from tbedge.edge.bundle import phantom
+    from tbedge.runtime.bundle import phantom
 
     prep = P.prepare(lung_onnx, tmp_path / "prep.onnx")
     x = np.stack([phantom(64, s) for s in range(4)])[..., None]

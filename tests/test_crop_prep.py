@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tbedge.datasets import discover, split
-from tbedge.edge import lungs as L
-from tbedge.edge.bundle import load_bundle
-from tbedge.edge.imaging import load_image
-from tbedge.edge.runners.onnxruntime import OnnxRuntimeRunner
+from tbedge.runtime import lungs as L
+from tbedge.runtime.bundle import load_bundle
+from tbedge.runtime.imaging import load_image
+from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
 
 def _two_lungs(size=256):
@@ -90,7 +90,7 @@ def test_fallback_crop_is_not_masked():
 
 def test_shipped_bundle_and_pipeline_use_the_classifiers_crop_prep(data_root):
     """The bundle records how the classifier's crops were made; the pipeline feeds exactly that."""
-    from tbedge.edge.pipeline import Pipeline
+    from tbedge.runtime.pipeline import Pipeline
 
     b = load_bundle()
     side = b.path.parent / "keras" / "classifier.json"
@@ -140,7 +140,7 @@ def test_hottest_point_is_the_hottest_cells_centre():
 
 
 def test_heat_map_shows_only_positive_evidence_on_the_lungs():
-    from tbedge.edge.outputs import heat_in_crop
+    from tbedge.outputs.files import heat_in_crop
 
     mask = np.zeros((256, 256), np.uint8)  # two lungs with a wide mediastinum between them
     cv2.ellipse(mask, (70, 128), (35, 80), 0, 0, 360, 1, -1)

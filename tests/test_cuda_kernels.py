@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from tbedge.edge import lungs
-from tbedge.edge.cuda import compile as cc
-from tbedge.edge.cuda import plan as P
-from tbedge.edge.imaging import load_image
+from tbedge.runtime import lungs
+from tbedge.runtime.gpu import compile as cc
+from tbedge.runtime.gpu import plan as P
+from tbedge.runtime.imaging import load_image
 
 TOL = 1.0 / 255  # the contract: GPU output within one 8-bit grey level of the CPU path
 EXACT = 2e-6  # the host tables reproduce cv2 INTER_AREA to float32 rounding; hold them to that
@@ -71,7 +71,7 @@ def test_compile_error_raises_with_log():
 
 
 def test_import_pulls_in_no_cuda():
-    code = ("import sys, tbedge.edge.cuda, tbedge.edge.runners.tensorrt; "
+    code = ("import sys, tbedge.runtime.gpu, tbedge.runtime.runners.tensorrt; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('cuda', 'tensorrt', 'cupy', 'pycuda')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -275,7 +275,7 @@ def test_nvrtc_driver_check():
 
 # -- on a GPU: the kernels against tbedge's CPU path ----------------------------------------------
 def _gpu_or_skip():
-    from tbedge.edge.cuda.device import gpu_available
+    from tbedge.runtime.gpu.device import gpu_available
 
     ok, why = gpu_available()
     if not ok:
@@ -285,8 +285,8 @@ def _gpu_or_skip():
 @pytest.fixture(scope="module", params=[P.PINNED, P.MAPPED])
 def gp(request):
     _gpu_or_skip()
-    from tbedge.edge.cuda import GpuPreprocessor
-    from tbedge.edge.cuda.device import device_info
+    from tbedge.runtime.gpu import GpuPreprocessor
+    from tbedge.runtime.gpu.device import device_info
 
     if request.param == P.MAPPED and not device_info().can_map_host_memory:
         pytest.skip("this GPU cannot map host memory")

@@ -19,8 +19,8 @@ from pydicom.uid import (
 )
 from watch_support import real_images
 
-from tbedge.edge.dicom_out import write_dicom_outputs
-from tbedge.edge.pipeline import Pipeline
+from tbedge.outputs.dicom import write_dicom_outputs
+from tbedge.runtime.pipeline import Pipeline
 
 
 def make_cxr_dicom(png: Path, out: Path) -> Dataset:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tbedge.edge.cpu import CLASSES, CpuInfo, probe
-from tbedge.edge.doctor import shipped_bundles
+from tbedge.runtime.cpu import CLASSES, CpuInfo, probe
+from tbedge.tools.doctor import shipped_bundles
 
 
 @pytest.mark.parametrize("machine,features,cls,saturates", [

@@ -22,7 +22,7 @@ from conftest import _missing
 
 from tbedge import datasets
 from tbedge.build import gate as G
-from tbedge.edge.bundle import default_bundle_path, load_bundle
+from tbedge.runtime.bundle import default_bundle_path, load_bundle
 
 QEMU = shutil.which("qemu-x86_64")
 FP32 = default_bundle_path().parent / "fp32"
@@ -104,7 +104,7 @@ def test_full_range_u8s8_passes_on_this_cpu_and_fails_on_emulated_avx2(qemu, fil
     shutil.copy(next(films.iterdir()), one)
     r = _tbedge("screen", str(one), "--output", str(tmp_path / "n.jsonl"), "--engine", str(full_range_bundle),
                 "--strict-engine")
-    from tbedge.edge.cpu import probe
+    from tbedge.runtime.cpu import probe
 
     if probe().u8s8_saturates:  # this host is itself a saturating CPU: the old form fails here too
         assert r.returncode == 2 and "self-test failed for lungs" in r.stderr

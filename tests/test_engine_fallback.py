@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from watch_support import real_images, validate_result
 
-from tbedge.edge.bundle import SelfTestError, default_bundle_path, fp32_fallback, load_bundle
-from tbedge.edge.cpu import probe
-from tbedge.edge.pipeline import Pipeline
+from tbedge.runtime.bundle import SelfTestError, default_bundle_path, fp32_fallback, load_bundle
+from tbedge.runtime.cpu import probe
+from tbedge.runtime.pipeline import Pipeline
 
 FP32 = default_bundle_path().parent / "fp32"
 
@@ -115,8 +115,8 @@ class _Shifted:
 
 
 def test_the_own_output_reference_catches_a_drift_the_fp32_tolerance_allows():
-    from tbedge.edge.bundle import run_self_test
-    from tbedge.edge.runners.onnxruntime import OnnxRuntimeRunner
+    from tbedge.runtime.bundle import run_self_test
+    from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     b = load_bundle(default_bundle_path())
     st = b.manifest["self_test"]

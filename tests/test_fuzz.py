@@ -108,7 +108,7 @@ def test_fuzz_lung_analysis(tmp_path):
 def test_finding_malformed_transfer_syntax_uid(data_root, tmp_path):
     """Found by test_fuzz_load_image: a DICOM whose Transfer Syntax UID is not one ('1.,.840...') escaped
     load_image as a ValueError (a processing error, status error) instead of a rejection."""
-    from tbedge.edge.imaging import load_image
+    from tbedge.runtime.imaging import load_image
     from tbedge.schema import TbedgeInputError
 
     p = make_dicom(tmp_path / "ts.dcm", np.full((160, 160), 100, np.uint16), bits_stored=12)

@@ -1,4 +1,4 @@
-"""tbedge.edge.imaging on real chest X-rays: PNG/JPEG/DICOM decoding, the DICOM grey pipeline,
+"""tbedge.runtime.imaging on real chest X-rays: PNG/JPEG/DICOM decoding, the DICOM grey pipeline,
 every reason code on a real malformed file, QA flags and the polarity check.
 
 `python tests/test_imaging.py` measures the polarity check on every image of ../shared/data
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dicom_factory import make_dicom, make_sr, real_image, to_bits  # noqa: E402
 
 from tbedge import schema  # noqa: E402
-from tbedge.edge import imaging  # noqa: E402
-from tbedge.edge.imaging import load_image  # noqa: E402
+from tbedge.runtime import imaging  # noqa: E402
+from tbedge.runtime.imaging import load_image  # noqa: E402
 from tbedge.schema import TbedgeInputError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -386,7 +386,7 @@ def test_too_large_png_before_decoding(tmp_path):
     code = (
         "import json, resource, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from tbedge.edge.imaging import load_image\n"
+        "from tbedge.runtime.imaging import load_image\n"
         "from tbedge.schema import TbedgeInputError\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"

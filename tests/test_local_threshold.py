@@ -11,15 +11,15 @@ import pytest
 
 from tbedge.build.local_threshold import LocalThresholdError, read_labels, set_local_threshold
 from tbedge.datasets import discover
-from tbedge.edge.bundle import default_bundle_path, load_bundle
-from tbedge.edge.imaging import load_image
+from tbedge.runtime.bundle import default_bundle_path, load_bundle
+from tbedge.runtime.imaging import load_image
 from tbedge.train.metrics import sens_spec
 
 
 @pytest.fixture(scope="module")
 def screened(data_root, tmp_path_factory):
     """(results.jsonl, labels.csv, {sha256: is_tb}) for 25 TB and 25 normal Montgomery films."""
-    from tbedge.edge.screen import screen
+    from tbedge.services.screen import screen
 
     mc = [s for s in discover(data_root) if s.site == "montgomery"]
     pick = [s for s in mc if s.label == "tb"][:25] + [s for s in mc if s.label == "normal"][:25]

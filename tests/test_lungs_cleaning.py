@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tbedge.edge import lungs as L
+from tbedge.runtime import lungs as L
 
 
 def two_lungs(size=256, left=(80, 120), right=(176, 120), axes=(40, 80)):

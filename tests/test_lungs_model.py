@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from tbedge.datasets import NATIVE_TEST_STEMS, discover, fullres_native, read_mask, split
-from tbedge.edge import lungs as L
-from tbedge.edge.bundle import load_bundle
-from tbedge.edge.imaging import load_image
-from tbedge.edge.runners.onnxruntime import OnnxRuntimeRunner
+from tbedge.runtime import lungs as L
+from tbedge.runtime.bundle import load_bundle
+from tbedge.runtime.imaging import load_image
+from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_qa_flags_blank_and_real_photographs(lung_runner):
 def test_segment_writes_native_masks_and_skips_bad_files(data_root, tmp_path):
     """`tbedge segment` on real films: mask (input resolution, matching the ground truth) and
     overlay per film; an unreadable file is skipped with its reason code, the rest still written."""
-    from tbedge.edge.segment import segment_files
+    from tbedge.services.segment import segment_files
 
     src = tmp_path / "in"
     src.mkdir()

@@ -17,14 +17,14 @@ import pytest
 from bombs import PNG_SIG, png_bomb, sparse_file
 from conftest import fresh_process
 
-from tbedge.edge import imaging
+from tbedge.runtime import imaging
 
-# A fresh interpreter with tbedge.edge.imaging (numpy, OpenCV) imported peaks near 50 MB; a decoded bomb
+# A fresh interpreter with tbedge.runtime.imaging (numpy, OpenCV) imported peaks near 50 MB; a decoded bomb
 # is hundreds of MB (10000x10000 8-bit grey used 539 MB in load_image, 16-bit RGBA 1.6 GB).
 RSS_BOUND_MB = 150
 _CHILD = """
 import json, resource, sys, time
-from tbedge.edge.imaging import load_image
+from tbedge.runtime.imaging import load_image
 from tbedge.schema import TbedgeInputError
 t0 = time.perf_counter()
 try:

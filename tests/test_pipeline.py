@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tbedge import schema
-from tbedge.edge.pipeline import Pipeline
+from tbedge.runtime.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tbedge.edge import imaging, orientation
-from tbedge.edge import lungs as L
-from tbedge.edge.outputs import output_stem
 from tbedge.fsio import NAME_MAX_BYTES
+from tbedge.outputs.files import output_stem
+from tbedge.runtime import imaging, orientation
+from tbedge.runtime import lungs as L
 
 pytestmark = pytest.mark.fuzz
 PROPS = settings(max_examples=300 if IN_CI else 60, deadline=None, derandomize=not IN_CI,

@@ -12,9 +12,9 @@ from watch_support import real_images
 
 from tbedge import schema
 from tbedge.build.bundle_copy import copy_bundle
-from tbedge.edge import watch as W
-from tbedge.edge.bundle import default_bundle_path
-from tbedge.edge.refer_rate import STATE_FILE, ReferRateCheck, counted
+from tbedge.runtime.bundle import default_bundle_path
+from tbedge.services import watch as W
+from tbedge.services.refer_rate import STATE_FILE, ReferRateCheck, counted
 
 
 def _res(triage="clear", threshold=0.05, **kw) -> dict:
@@ -122,7 +122,7 @@ def test_watch_warns_when_the_threshold_cannot_fit(data_root, tmp_path, monkeypa
 
 
 def test_screen_reports_the_referral_rate(data_root, tmp_path):
-    from tbedge.edge.screen import screen
+    from tbedge.services.screen import screen
 
     films = real_images(data_root, 6, seed=3)
     low = screen(films, tmp_path / "a.jsonl", _with_threshold(tmp_path / "b1", 0.999999), backend="onnxruntime",

@@ -39,8 +39,8 @@ def test_validator_rejects_broken_results(mutate):
 
 
 def test_screen_and_watch_outputs_validate(data_root, tiny_bundle, tmp_path):
-    from tbedge.edge.screen import screen
-    from tbedge.edge.watch import watch
+    from tbedge.services.screen import screen
+    from tbedge.services.watch import watch
 
     inp = tmp_path / "in"
     inp.mkdir()

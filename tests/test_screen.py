@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from watch_support import real_images, validate_result
 
-from tbedge.edge.bundle import BundleError
-from tbedge.edge.outputs import JsonlWriter
-from tbedge.edge.screen import screen
+from tbedge.outputs.files import JsonlWriter
+from tbedge.runtime.bundle import BundleError
+from tbedge.services.screen import screen
 
 
 def _inputs(data_root, tmp_path, n: int):

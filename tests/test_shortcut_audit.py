@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tbedge.edge.imaging import ImageMeta, LoadedImage
+from tbedge.runtime.imaging import ImageMeta, LoadedImage
 from tbedge.train import acquisition as A
 from tbedge.train import propensity as P
 from tbedge.train import shortcut_audit as S

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tbedge.edge.runners import tensorrt as T
+from tbedge.runtime import plans as P
+from tbedge.runtime.runners import tensorrt as T
 
 META = {"file": "lungs.plan", "sha256": "ab" * 32, "trt_version": "10.3.0", "cuda_version": "12.6",
         "gpu_name": "Orin", "compute_capability": "8.7", "onnx_sha256": "cd" * 32, "precision": "fp16"}
@@ -19,15 +20,15 @@ META = {"file": "lungs.plan", "sha256": "ab" * 32, "trt_version": "10.3.0", "cud
 
 # -- check_plan_compat ------------------------------------------------------------------------
 def test_matching_plan_passes():
-    T.check_plan_compat(META, "10.3.0", "8.7")
-    T.check_plan_compat(META, "10.3.0.30", "87")  # build number and compact cc forms
-    T.check_plan_compat({**META, "compute_capability": "sm_87"}, "10.3.0", "8.7")
+    P.check_plan_compat(META, "10.3.0", "8.7")
+    P.check_plan_compat(META, "10.3.0.30", "87")  # build number and compact cc forms
+    P.check_plan_compat({**META, "compute_capability": "sm_87"}, "10.3.0", "8.7")
 
 
 @pytest.mark.parametrize("trt", ["10.4.0", "10.2.0", "11.0.0", "8.6.1"])
 def test_other_tensorrt_version_refused_with_rebuild_command(trt):
     with pytest.raises(T.PlanCompatError) as e:
-        T.check_plan_compat(META, trt, "8.7", out="/engines/default")
+        P.check_plan_compat(META, trt, "8.7", out="/engines/default")
     msg = str(e.value)
     assert "10.3.0" in msg and trt in msg
     assert msg.endswith("tbedge build-engine --default --target tensorrt --out /engines/default")
@@ -36,38 +37,38 @@ def test_other_tensorrt_version_refused_with_rebuild_command(trt):
 @pytest.mark.parametrize("cc", ["8.6", "9.0", "7.2", "8.9"])
 def test_other_gpu_refused(cc):
     with pytest.raises(T.PlanCompatError, match=r"compute capability 8\.7 \(Orin\).*build-engine"):
-        T.check_plan_compat(META, "10.3.0", cc)
+        P.check_plan_compat(META, "10.3.0", cc)
 
 
 def test_missing_metadata_refused():
     with pytest.raises(T.PlanCompatError, match="lacks trt_version"):
-        T.check_plan_compat({"compute_capability": "8.7"}, "10.3.0", "8.7")
+        P.check_plan_compat({"compute_capability": "8.7"}, "10.3.0", "8.7")
     with pytest.raises(T.PlanCompatError, match="compute_capability"):
-        T.check_plan_compat({"trt_version": "10.3.0", "compute_capability": ""}, "10.3.0", "8.7")
+        P.check_plan_compat({"trt_version": "10.3.0", "compute_capability": ""}, "10.3.0", "8.7")
 
 
 def test_builder_opt_ins():
     vc = {**META, "version_compatible": True}
-    T.check_plan_compat(vc, "10.7.0", "8.7")  # newer minor of the same major
+    P.check_plan_compat(vc, "10.7.0", "8.7")  # newer minor of the same major
     with pytest.raises(T.PlanCompatError):
-        T.check_plan_compat(vc, "10.2.0", "8.7")  # older runtime
+        P.check_plan_compat(vc, "10.2.0", "8.7")  # older runtime
     with pytest.raises(T.PlanCompatError):
-        T.check_plan_compat(vc, "11.0.0", "8.7")  # other major
+        P.check_plan_compat(vc, "11.0.0", "8.7")  # other major
     hc = {**META, "hardware_compatibility": "ampere_plus"}
-    T.check_plan_compat(hc, "10.3.0", "9.0")
+    P.check_plan_compat(hc, "10.3.0", "9.0")
     with pytest.raises(T.PlanCompatError):
-        T.check_plan_compat(hc, "10.3.0", "7.5")
+        P.check_plan_compat(hc, "10.3.0", "7.5")
 
 
 def test_version_parsing():
-    assert T._version_tuple("10.3.0.30") == (10, 3, 0, 30)
-    assert T._version_tuple("10.3.0rc1") == (10, 3, 0)
-    assert T._cc_tuple("compute_90") == (9, 0) and T._cc_tuple("12.0") == (12, 0)
-    assert T._cc_tuple("120") == (12, 0)
+    assert P._version_tuple("10.3.0.30") == (10, 3, 0, 30)
+    assert P._version_tuple("10.3.0rc1") == (10, 3, 0)
+    assert P._cc_tuple("compute_90") == (9, 0) and P._cc_tuple("12.0") == (12, 0)
+    assert P._cc_tuple("120") == (12, 0)
     with pytest.raises(ValueError):
-        T._version_tuple("trt")
+        P._version_tuple("trt")
     with pytest.raises(ValueError):
-        T._cc_tuple("orin")
+        P._cc_tuple("orin")
 
 
 # -- shapes, profiles, batches ------------------------------------------------------------------
@@ -124,22 +125,26 @@ def test_runner_constructs_without_tensorrt(tmp_path):
         r.infer({"image": np.zeros((1, 256, 256, 1), np.float32)})
 
 
-def test_plans_ok_and_cli(tmp_path, capsys):
+def test_plans_ok_and_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from tbedge.cli import app
+
     ok, why = T.plans_ok(tmp_path)
     assert not ok and "manifest" in why
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 999}))
     ok, why = T.plans_ok(tmp_path)
     assert not ok and "format" in why
-    assert T._main(["--check-plans", str(tmp_path)]) == 1
-    assert capsys.readouterr().out.startswith("rebuild: ")
-    assert T._main([]) == 2
+    r = CliRunner().invoke(app, ["check-plans", str(tmp_path)])
+    assert r.exit_code == 1 and r.output.startswith("rebuild: ")
+    assert CliRunner().invoke(app, ["check-plans"]).exit_code == 2  # usage
 
 
 # -- a real plan (TensorRT + GPU hosts only) ------------------------------------------------------
 def _trt_or_skip():
     if importlib.util.find_spec("tensorrt") is None:
         pytest.skip("needs TensorRT (the tensorrt Python package is not installed)")
-    from tbedge.edge.cuda.device import gpu_available
+    from tbedge.runtime.gpu.device import gpu_available
 
     ok, why = gpu_available()
     if not ok:
@@ -189,8 +194,8 @@ def test_real_plan_matches_onnxruntime(tmp_path):
     _trt_or_skip()
     import tensorrt as trt
 
-    from tbedge.edge.cuda.device import device_info
-    from tbedge.edge.runners.onnxruntime import OnnxRuntimeRunner
+    from tbedge.runtime.gpu.device import device_info
+    from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     onnx_path = _tiny_onnx(tmp_path / "tiny.onnx")
     plan = _build_plan(onnx_path, max_batch=4)
@@ -211,7 +216,7 @@ def test_real_plan_matches_onnxruntime(tmp_path):
 @pytest.mark.gpu
 def test_real_plan_device_pointers(tmp_path):
     _trt_or_skip()
-    from tbedge.edge.cuda import device as dv
+    from tbedge.runtime.gpu import device as dv
 
     plan = _build_plan(_tiny_onnx(tmp_path / "tiny.onnx"), max_batch=4)
     x = np.random.default_rng(1).random((3, 16, 16, 1), dtype=np.float32)
@@ -258,7 +263,7 @@ def test_dockerfile_jetson_contract():
     assert user and not user[-1].startswith(("0", "root"))
     entry = (REPO / "docker" / "entrypoint.sh").read_text()
     assert "build-engine --default --target tensorrt" in entry
-    assert "--check-plans" in entry and "tbedge watch /incoming --out /results" in entry
+    assert "tbedge check-plans" in entry and "tbedge watch /incoming --out /results" in entry
 
 
 @pytest.mark.parametrize("script", ["docker/entrypoint.sh", "docker/healthcheck.sh", "scripts/gpu-check.sh"])

@@ -23,10 +23,10 @@ from watch_support import (
     validate_result,
 )
 
-from tbedge.edge import watch as W
-from tbedge.edge.journal import Journal
-from tbedge.edge.pipeline import Pipeline
 from tbedge.fsio import sha256_file
+from tbedge.runtime.pipeline import Pipeline
+from tbedge.services import watch as W
+from tbedge.services.journal import Journal
 
 
 def _populate(data_root: Path, incoming: Path, n: int = 12, dups: int = 2, bad: int = 1, seed: int = 0):
@@ -298,7 +298,7 @@ def test_temp_names_are_not_inputs():
 
 
 def test_watch_scores_equal_screen_scores(data_root, tiny_bundle, tmp_path):
-    from tbedge.edge.screen import screen
+    from tbedge.services.screen import screen
 
     srcs = real_images(data_root, 10, seed=21)
     a, incoming, out = tmp_path / "a", tmp_path / "in", tmp_path / "out"

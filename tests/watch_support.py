@@ -51,7 +51,7 @@ def make_bad(path: Path, kind: str, good: Path, rng: random.Random) -> None:
 
 def expected_reason(path: Path) -> str | None:
     """What the loader says about a file (None when it loads): the reason watch must quarantine under."""
-    from tbedge.edge.imaging import load_image
+    from tbedge.runtime.imaging import load_image
     from tbedge.schema import TbedgeInputError
 
     try:
@@ -89,7 +89,8 @@ def place(plan_item: tuple[Path | None, str], dest: Path, rng: random.Random, vi
 
 
 def run_watch(incoming: Path, out: Path, bundle: Path, *extra: str, **kw) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tbedge.edge.watch", str(incoming), "--out", str(out),
+    """``tbedge watch`` through the real entry point (``python -m tbedge`` is the console script's module)."""
+    cmd = [sys.executable, "-m", "tbedge", "watch", str(incoming), "--out", str(out),
            "--engine", str(bundle), "--backend", "onnxruntime", "--threads", "1", "--min-free-mb", "1",
            *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..edge.bundle import load_bundle, write_manifest
+from ..runtime.bundle import load_bundle, write_manifest
 
 
 class BuildError(Exception):

@@ -24,8 +24,8 @@ from onnx import numpy_helper
 
 from .. import __version__ as TBEDGE_VERSION
 from .. import datasets
-from ..edge import lungs as L
-from ..edge.bundle import (
+from ..runtime import lungs as L
+from ..runtime.bundle import (
     ROLES,
     Bundle,
     BundleError,
@@ -37,7 +37,7 @@ from ..edge.bundle import (
     sha256_file,
     write_manifest,
 )
-from ..edge.imaging import load_image
+from ..runtime.imaging import load_image
 from . import gate as G
 from . import precision as P
 from .bundle_copy import BuildError, copy_bundle, swap_in  # noqa: F401 (BuildError is re-exported)
@@ -194,7 +194,7 @@ def self_test_reference(fp32: dict[str, Path], sizes: dict[str, int], model: dic
                         ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """fp32 reference outputs on the bundle's phantoms (``role/output``), the chosen models' own outputs
     (``expected/role/output``) and the chosen models' deviation from fp32."""
-    from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+    from ..runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     keys = {"lungs": "mask", "classifier": "probabilities"}
     ref, dev = {}, {}

@@ -58,7 +58,7 @@ def _as_list(y):
 
 def parity(model, onnx_path: str | Path, x: np.ndarray, atol: float = PARITY_ATOL) -> dict[str, float]:
     """Max abs difference per output between Keras and ONNX Runtime on ``x``; raises beyond atol."""
-    from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+    from ..runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     ref = dict(zip(model.output_names, _as_list(model.predict(x, verbose=0)), strict=True))
     with OnnxRuntimeRunner(onnx_path) as r:

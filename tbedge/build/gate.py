@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
-from ..edge import lungs as L
-from ..edge.imaging import load_image
+from ..runtime import lungs as L
+from ..runtime.imaging import load_image
 
 MAX_DELTA_AUC = 0.005
 MAX_TB_FLIPS = 1
@@ -112,7 +112,7 @@ class _Run:
 
 def _run(lungs_model: Path, classifier_model: Path | None, samples: list, threads: int,
          classifier_size: int | None, tb_index: int, batch: int = 8, prep: str = "box") -> _Run:
-    from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+    from ..runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     tb, dice = [], []
     lr = OnnxRuntimeRunner(lungs_model, threads=threads, name="lungs")

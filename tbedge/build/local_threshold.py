@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge.bundle import load_bundle
 from ..fsio import atomic_write_text, sha256_file
+from ..runtime.bundle import load_bundle
 from ..schema import REFER_FLAGS, STATUS_OK
 from ..train.metrics import TARGET_SENSITIVITY, sens_spec, threshold_at_sensitivity
 

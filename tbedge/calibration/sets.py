@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
-from ..edge import lungs as L
-from ..edge.bundle import sha256_file
-from ..edge.imaging import load_image
+from ..runtime import lungs as L
+from ..runtime.bundle import sha256_file
+from ..runtime.imaging import load_image
 
 FORMAT = "tbedge-calibration-set/1"
 DEFAULT_PER_STRATUM = 16
@@ -110,7 +110,7 @@ def make_calibration_set(data_root: str | Path, lungs_model: str | Path, out: st
     ``lungs_model`` is the fp32 lung ONNX: the classifier's crops come from the real cleaning and
     crop code fed by it, as at runtime, prepared per ``prep`` (the classifier's crop preparation).
     """
-    from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+    from ..runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     samples = select(data_root, n_per_stratum, split_seed)
     if not samples:

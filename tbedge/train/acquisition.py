@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..edge.imaging import LoadedImage, load_image
+from ..runtime.imaging import LoadedImage, load_image
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 FEATURE_NAMES = (*(f"p{q:02d}" for q in PERCENTILES), "mean", "std", "saturated_fraction", "black_fraction",

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 
 from ..datasets import discover, read_mask, split
-from ..edge.outputs import shown_heat
-from ..edge.pipeline import Pipeline
+from ..outputs.files import shown_heat
+from ..runtime.pipeline import Pipeline
 
 
 def hottest_point(grid: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int]:

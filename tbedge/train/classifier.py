@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..edge import lungs as L
-from ..edge.bundle import model_sidecar
 from ..fsio import atomic_path, atomic_write_text
+from ..runtime import lungs as L
+from ..runtime.bundle import model_sidecar
 from ..schema import CLASS_NAMES
 from . import metrics as M
 from .augment import film_look, mixup, photometric, random_affine, warp

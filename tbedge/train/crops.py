@@ -29,9 +29,9 @@ from ..datasets import (
     select_sets,
     split,
 )
-from ..edge import lungs as L
-from ..edge.imaging import load_image
 from ..fsio import atomic_path, sha256_file
+from ..runtime import lungs as L
+from ..runtime.imaging import load_image
 from ..schema import TbedgeInputError
 from .predict import model_predictor
 

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 
 from ..datasets import NATIVE_TEST_STEMS, Sample, discover, read_mask, split
-from ..edge import lungs as L
-from ..edge.imaging import load_image
 from ..fsio import atomic_write_text
+from ..runtime import lungs as L
+from ..runtime.imaging import load_image
 from .augment import photometric, random_affine, warp
 from .unet import bce_dice_loss
 
@@ -228,7 +228,7 @@ def lungs_report(keras_path: Path, data: Path, onnx_path: Path | None = None,
     ONNX-vs-Keras parity on real images and CPU latency of segmentation + cleaning."""
     import time
 
-    from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+    from ..runtime.runners.onnxruntime import OnnxRuntimeRunner
     from .predict import load_keras
 
     model = load_keras(keras_path)

@@ -1,4 +1,4 @@
-"""Train the polarity/orientation layout model (``tbedge/edge/orientation.py``) and report it per site.
+"""Train the polarity/orientation layout model (``tbedge/runtime/orientation.py``) and report it per site.
 
 Every film is taken as upright with normal polarity (true of every set in ../shared/data), and mirrored
 left-right as well. The model's symmetry makes that enough: an inverted or upside-down copy of a film
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
-from ..edge import orientation as O
-from ..edge.imaging import load_image
+from ..runtime import orientation as O
+from ..runtime.imaging import load_image
 
 L2 = 1e-3
 STEPS = 400

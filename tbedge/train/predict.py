@@ -24,7 +24,7 @@ def model_predictor(model, output: str, what: str = "model") -> tuple[Callable[[
         if not p.is_file():
             raise FileNotFoundError(f"{what} not found: {p}")
         if p.suffix == ".onnx":
-            from ..edge.runners.onnxruntime import OnnxRuntimeRunner
+            from ..runtime.runners.onnxruntime import OnnxRuntimeRunner
 
             runner = OnnxRuntimeRunner(p, name=what)
             runner.activate()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import discover
-from ..edge.imaging import load_image
+from ..runtime.imaging import load_image
 from ..schema import CLASS_NAMES, TbedgeInputError
 from .acquisition import FEATURE_NAMES, film_features
 from .metrics import bootstrap_auc, matched_pair_auc, roc_auc

@@ -8,11 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..inputs import expand_inputs
+from ..outputs.files import output_stem, relative_name, write_png
+from ..runtime import lungs as L
+from ..runtime.pipeline import Pipeline
 from ..schema import STATUS_OK
-from . import lungs as L
-from .outputs import output_stem, relative_name, write_png
-from .pipeline import Pipeline
-from .screen import expand_inputs
 
 log = logging.getLogger("tbedge.segment")
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from .. import __version__ as TBEDGE_VERSION
 from ..fsio import atomic_write_bytes
-from .outputs import render_overlay
-from .pipeline import Scored
+from ..runtime.pipeline import Scored
+from .files import render_overlay
 
 MANUFACTURER = "tbedge"
 SC_SERIES_NUMBER = 9901

@@ -2,7 +2,7 @@
 
 Written for the TensorRT 10.x / 11.x name-based tensor API (``num_io_tensors``,
 ``get_tensor_name``, ``get_tensor_mode``, ``set_input_shape``, ``set_tensor_address``); no
-bindings API. Memory, streams and copies go through ``tbedge.edge.cuda.device`` (cuda-python).
+bindings API. Memory, streams and copies go through ``tbedge.runtime.gpu.device`` (cuda-python).
 TensorRT and cuda-python are imported inside functions only.
 
 UNVERIFIED: this module has not yet run on a TensorRT host (none was available while it was
@@ -20,83 +20,18 @@ Two ways to run:
 
 from __future__ import annotations
 
-import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..bundle import REBUILD_CMD
+from ..plans import REBUILD_CMD, PlanCompatError, check_plan_compat
 from .base import Runner, TensorSpec
 
-PLAN_KEYS = ("trt_version", "compute_capability")
 # TensorRT DataType names -> numpy (by name, so no TensorRT import is needed to map them).
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
                "BOOL": "bool", "UINT8": "uint8"}
-
-
-class PlanCompatError(RuntimeError):
-    """A plan that cannot run on this host; the message ends with the rebuild command."""
-
-
-# -- pure logic (tested everywhere) ------------------------------------------------------------
-def _version_tuple(v: str) -> tuple[int, ...]:
-    parts = []
-    for p in str(v).strip().split("."):
-        m = re.match(r"\d+", p)  # leading digits only: "0rc1" is 0
-        if not m:
-            break
-        parts.append(int(m.group()))
-    if not parts:
-        raise ValueError(f"not a version: {v!r}")
-    return tuple(parts)
-
-
-def _cc_tuple(cc: str) -> tuple[int, int]:
-    s = str(cc).strip().lower().removeprefix("sm_").removeprefix("compute_")
-    if "." in s:
-        a, b = s.split(".", 1)
-        return int(a), int(b)
-    if s.isdigit() and len(s) >= 2:
-        return int(s[:-1]), int(s[-1])
-    raise ValueError(f"not a compute capability: {cc!r}")
-
-
-def check_plan_compat(plan_meta: dict, trt_version: str, compute_capability: str, out: str = "<dir>") -> None:
-    """Raise PlanCompatError unless a plan described by ``plan_meta`` (the bundle manifest's plan
-    entry) runs under TensorRT ``trt_version`` on a GPU of ``compute_capability``.
-
-    TensorRT plans are tied to the TensorRT release that built them and to the GPU's SM version.
-    Versions compare on the components both sides state ("10.3.0" matches "10.3.0.30"). Two
-    opt-ins recorded by the builder relax this: ``version_compatible`` (a plan built with
-    BuilderFlag.VERSION_COMPATIBLE runs on the same major release, same or newer) and
-    ``hardware_compatibility: "ampere_plus"`` (runs on any compute capability >= 8.0).
-    """
-    hint = "rebuild with: " + REBUILD_CMD.format(out=out)
-    missing = [k for k in PLAN_KEYS if not plan_meta.get(k)]
-    if missing:
-        raise PlanCompatError(f"plan metadata lacks {', '.join(missing)}; cannot tell whether it fits this "
-                              f"host; {hint}")
-    built, here = _version_tuple(plan_meta["trt_version"]), _version_tuple(trt_version)
-    n = min(len(built), len(here))
-    if plan_meta.get("version_compatible"):
-        ok = built[0] == here[0] and here[:n] >= built[:n]
-    else:
-        ok = built[:n] == here[:n]
-    if not ok:
-        raise PlanCompatError(f"plan was built with TensorRT {plan_meta['trt_version']}, this host runs "
-                              f"TensorRT {trt_version}; {hint}")
-    cc_built, cc_here = _cc_tuple(plan_meta["compute_capability"]), _cc_tuple(compute_capability)
-    if plan_meta.get("hardware_compatibility") == "ampere_plus":
-        ok = cc_here >= (8, 0) and cc_built >= (8, 0)
-    else:
-        ok = cc_built == cc_here
-    if not ok:
-        raise PlanCompatError(
-            f"plan was built for compute capability {plan_meta['compute_capability']} "
-            f"({plan_meta.get('gpu_name') or 'unknown GPU'}), this GPU is {compute_capability}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -192,7 +127,7 @@ class TensorRTRunner(Runner):
     def _activate(self) -> None:
         import tensorrt as trt
 
-        from ..cuda import device as dv
+        from ..gpu import device as dv
 
         info = dv.init_device(self.device, want_mapped=False)
         if self.plan_meta is not None:
@@ -248,7 +183,7 @@ class TensorRTRunner(Runner):
 
     # -- device-pointer path -------------------------------------------------------------------
     def _buffer(self, name: str, size: int):
-        from ..cuda import device as dv
+        from ..gpu import device as dv
 
         b = self._bufs.get(name)
         if b is None or b.nbytes < size:
@@ -293,7 +228,7 @@ class TensorRTRunner(Runner):
 
     # -- Runner protocol (numpy in and out) ------------------------------------------------------
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..cuda import device as dv
+        from ..gpu import device as dv
 
         names_in = [t.name for t in self.io.values() if t.is_input]
         n = int(next(iter(feed.values())).shape[0])
@@ -345,7 +280,7 @@ def screen_on_device(gp, slot: int, n: int, native_shapes: list[tuple[int, int]]
     Returns per image {"lungs": LungResult, **classifier outputs as numpy}.
     Only plain box crops: lung masking (``crop_prep`` other than "box") has no device kernel yet.
     """
-    from ..cuda import device as dv
+    from ..gpu import device as dv
 
     if crop_prep != "box":
         raise NotImplementedError(f"crop_prep {crop_prep!r} on the device: use the pipeline's host crop")
@@ -382,7 +317,7 @@ def plans_ok(bundle_dir: str | Path) -> tuple[bool, str]:
         metas = [plan_meta_for(b, r) for r in ROLES]
         import tensorrt as trt
 
-        from ..cuda import device as dv
+        from ..gpu import device as dv
 
         ok, why = dv.gpu_available()
         if not ok:
@@ -393,16 +328,3 @@ def plans_ok(bundle_dir: str | Path) -> tuple[bool, str]:
     except (BundleError, PlanCompatError, ImportError, OSError, KeyError) as e:
         return False, str(e)
     return True, f"plans fit TensorRT {trt.__version__} on compute capability {cc}"
-
-
-def _main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "--check-plans":
-        print("usage: python -m tbedge.edge.runners.tensorrt --check-plans BUNDLE_DIR", file=sys.stderr)
-        return 2
-    ok, why = plans_ok(argv[1])
-    print(("ok: " if ok else "rebuild: ") + why)
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .bench import dist_version
-from .bundle import BundleError, default_bundle_path, load_bundle, phantom
-from .cpu import probe
+from ..runtime.bundle import BundleError, default_bundle_path, load_bundle, phantom
+from ..runtime.cpu import probe
+from .host import dist_version
 
 DOCTOR_FORMAT = 1
 SPEED_SIZE = 1024  # phantom side in pixels: a downscaled film, decoded and resized like a real one
@@ -54,7 +54,7 @@ def runtimes() -> dict:
         trt = dist_version("tensorrt") or dist_version("tensorrt-cu12") or "installed"
     cuda_ok, cuda_detail = False, "cuda-python not installed"
     if importlib.util.find_spec("cuda") is not None:
-        from .cuda.device import gpu_available
+        from ..runtime.gpu.device import gpu_available
 
         cuda_ok, cuda_detail = gpu_available()
     return {"onnxruntime": {"version": ort.__version__, "providers": ort.get_available_providers()},
@@ -69,7 +69,7 @@ def shipped_bundles() -> list[Path]:
 
 def bundle_check(path: Path, threads: int = 0) -> dict:
     """Load one bundle strictly (no fallback) and run its self-test here."""
-    from .pipeline import Pipeline
+    from ..runtime.pipeline import Pipeline
 
     out: dict = {"path": str(path), "precision": None, "self_test": {"passed": False, "deviation": None,
                                                                       "error": None}}
@@ -88,7 +88,7 @@ def speed(n: int = 20, threads: int = 0, engine: Path | None = None) -> tuple[di
     """Which bundle ``screen`` uses here (after any fallback), and its end-to-end img/s on ``n`` phantoms."""
     import cv2
 
-    from .pipeline import Pipeline
+    from ..runtime.pipeline import Pipeline
 
     with tempfile.TemporaryDirectory(prefix="tbedge-doctor-") as tmp:
         files = []

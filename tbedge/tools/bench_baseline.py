@@ -1,12 +1,12 @@
 """The naive Keras pipeline ``tbedge bench`` measures itself against.
 
 What a first script would do: per image, decode with OpenCV, resize, ``model.predict`` the lungs,
-clean and crop with the same lungs logic as the runtime (:mod:`tbedge.edge.lungs`), and
+clean and crop with the same lungs logic as the runtime (:mod:`tbedge.runtime.lungs`), and
 ``model.predict`` the classifier; one image at a time, TensorFlow as the runtime. It yields
 :class:`tbedge.schema.Result` objects with the same stage timings, so the bench measures it with
 the same code as the real pipeline. It needs TensorFlow (the [build] extra), hence it lives here.
 
-Child entry: ``python -m tbedge.build.baseline --child`` (configuration JSON on stdin).
+Child entry: ``python -m tbedge.tools.bench_baseline --child`` (configuration JSON on stdin).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import cv2
 import numpy as np
 
 from .. import schema
-from ..edge import bench
-from ..edge import lungs as L
+from ..runtime import lungs as L
+from . import bench_child as bench
+from .bench import BenchError
 
 
 def _ms(t0: float) -> float:
@@ -44,7 +45,7 @@ class NaiveKerasPipeline:
         if threads:  # must precede the first TensorFlow op
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
-        from ..edge.bundle import model_sidecar
+        from ..runtime.bundle import model_sidecar
         from .export import load_keras
 
         kd = Path(keras_dir)
@@ -118,7 +119,7 @@ def run_baseline_child(cfg: dict) -> dict:
     stream = bench.StreamMeter(pipe.run, cfg["images"])
     stream.warm(max(1, cfg["warmup"]), on_item=keep)
     if not kept:
-        raise bench.BenchError("no warm-up image scored ok in the baseline")
+        raise BenchError("no warm-up image scored ok in the baseline")
     img = kept[0]
     x_l = cv2.resize(img, (pipe.lung_size, pipe.lung_size), interpolation=cv2.INTER_AREA)[None, ..., None]
     lr = L.analyse(pipe.predict_lungs(x_l)[0, ..., 0], img.shape)

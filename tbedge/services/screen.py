@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,59 +10,14 @@ from pathlib import Path
 
 from .. import schema
 from ..fsio import sha256_file
-from .outputs import JsonlWriter, native_mask, output_stem, relative_name, render_overlay, write_png
-from .pipeline import Pipeline
+from ..inputs import expand_inputs, input_key
+from ..outputs.files import JsonlWriter, native_mask, output_stem, relative_name, render_overlay, write_png
+from ..runtime.pipeline import Pipeline
 from .refer_rate import ReferRateCheck
 
 log = logging.getLogger("tbedge.screen")
 # The exit code of a run whose every input has its line but some output files failed (README).
 EXIT_OUTPUTS_FAILED = 3
-SKIP_PREFIXES = (".", "~")
-SKIP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".jsonl", ".csv", ".json", ".txt", ".md")
-
-
-def is_broken_link(p: Path) -> bool:
-    """A symlink whose target is missing or a loop: it gets an ``unreadable`` line, never silence."""
-    return p.is_symlink() and not p.exists()
-
-
-def is_candidate(p: Path) -> bool:
-    return ((p.is_file() or is_broken_link(p)) and not p.name.startswith(SKIP_PREFIXES)
-            and p.suffix.lower() not in SKIP_SUFFIXES)
-
-
-def input_key(p: Path) -> str:
-    """One key per input file: its real path; a broken link is its own input (a loop cannot resolve)."""
-    return os.path.abspath(p) if is_broken_link(p) else os.path.realpath(p)
-
-
-def expand_inputs(items: list[str | Path]) -> tuple[list[Path], list[Path]]:
-    """Files, folders (recursive) and globs -> (sorted unique files, roots for relative names).
-
-    A path named outright always gets a line, whatever it is (a broken link or a FIFO is ``unreadable``)."""
-    files: list[Path] = []
-    roots: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            roots.append(p)
-            files += [f for f in sorted(p.rglob("*")) if is_candidate(f)]
-        elif p.exists() or p.is_symlink():
-            files.append(p)
-        else:
-            matches = sorted(glob.glob(str(item), recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"no such file, folder or glob match: {item}")
-            files += [Path(m) for m in matches if is_candidate(Path(m))]
-    seen, out = set(), []
-    for f in files:
-        k = input_key(f)
-        if k not in seen:
-            seen.add(k)
-            out.append(f)
-    return out, roots
-
-
 def _sha(p: Path) -> str | None:
     try:
         return sha256_file(p)
@@ -137,7 +90,7 @@ def _planned_outputs(s, stem: Path, overlays: Path | None, masks: Path | None,
         q = masks / f"{stem}_mask.png"
         plan.append((("mask",), [q], lambda: write_png(q, native_mask(s))))
     if dicom_out and s.image is not None and s.image.dataset is not None:
-        from .dicom_out import dicom_output_paths, write_dicom_outputs
+        from ..outputs.dicom import dicom_output_paths, write_dicom_outputs
 
         plan.append((("dicom_sc", "dicom_sr"), dicom_output_paths(s, dicom_out),
                      lambda: write_dicom_outputs(s, dicom_out)))

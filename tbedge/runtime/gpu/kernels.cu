@@ -1,7 +1,7 @@
-// tbedge preprocessing kernels, compiled at run time with NVRTC (tbedge/edge/cuda/compile.py).
+// tbedge preprocessing kernels, compiled at run time with NVRTC (tbedge/runtime/gpu/compile.py).
 //
 // Every resize (area for shrinking, bilinear otherwise) is the same kernel: the host computes
-// per-axis weight tables with OpenCV's formulas (tbedge/edge/cuda/plan.py) and the kernel applies
+// per-axis weight tables with OpenCV's formulas (tbedge/runtime/gpu/plan.py) and the kernel applies
 // them, so GPU and CPU share one definition of the interpolation. Tables are CSR: destination d
 // sums w[k] * src[idx[k]] over k in [start[d], start[d+1]). Horizontal pass first, float32
 // accumulation, as OpenCV's resizeArea_/HResizeLinear do.

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from ..fsio import atomic_write_bytes, cut_name, fsync_dir, try_lock
-from . import lungs as L
-from .pipeline import Scored
+from ..runtime import lungs as L
+from ..runtime.pipeline import Scored
 
 log = logging.getLogger("tbedge.outputs")
 

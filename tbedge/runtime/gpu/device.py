@@ -3,7 +3,7 @@
 Runtime API (``cuda.bindings.runtime``) for memory/streams/events, driver API for loading the
 NVRTC output and launching (the runtime has no PTX loader). Both share the device's primary
 context, so the pointers and streams mix freely. Everything is imported inside functions so that
-``import tbedge.edge.cuda`` works on a machine without CUDA.
+``import tbedge.runtime.gpu`` works on a machine without CUDA.
 
 Written against cuda-python 12.6+/13.x; exercised only where a GPU is present
 (tests/test_cuda_kernels.py, scripts/gpu-check.sh).

@@ -18,12 +18,12 @@ Per configuration, per round:
   This is the ceiling the pipeline can reach; **efficiency** = throughput / model-only throughput.
 - **peak RSS** of the child (``getrusage(RUSAGE_SELF).ru_maxrss``).
 - For TensorRT runners that expose per-inference ``last_timings_ms`` ({"h2d", "compute", "d2h"}),
-  trtexec's H2D / GPU compute / D2H latencies (see :func:`_device_timings`).
+  trtexec's H2D / GPU compute / D2H latencies (see ``bench_child._device_timings``).
 
-The child is ``python -m tbedge.edge.bench --child`` reading its configuration as JSON on stdin
-and printing one result line prefixed with :data:`RESULT_MARK`. The baseline child is
-``python -m tbedge.build.baseline --child`` (it needs TensorFlow, so it lives under build/; this
-module only names it, it never imports it).
+The child is ``python -m tbedge.tools.bench_child --child`` reading its configuration as JSON on stdin
+and printing one result line prefixed with :data:`RESULT_MARK`; host facts come from ``host``. The
+baseline child is ``python -m tbedge.tools.bench_baseline --child`` (it needs TensorFlow; this module
+only names it, it never imports it).
 """
 
 from __future__ import annotations
@@ -31,29 +31,28 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, schema
+from .. import schema
 from ..fsio import atomic_write_text
-from .bundle import ROLES, default_bundle_path
+from ..runtime.bundle import ROLES, default_bundle_path
+from .host import host_facts
 
 BENCH_FORMAT = 1
 RESULT_MARK = "TBEDGE_BENCH_RESULT "
 STATS = ("min", "mean", "median", "p90", "p95", "p99", "max")
-BASELINE_MODULE = "tbedge.build.baseline"
+BASELINE_MODULE = "tbedge.tools.bench_baseline"
+CHILD_MODULE = "tbedge.tools.bench_child"
 DEFAULT_KERAS_DIR = Path(__file__).resolve().parents[1] / "models" / "keras"
 DEFAULT_DURATION_S = 10.0
 # Project targets (issue 7). Reported, never enforced: they hold for the default bundle on the
@@ -122,110 +121,6 @@ def _get(d: dict, path: tuple):
 
 
 # -- host facts ----------------------------------------------------------------------------
-def _run_text(cmd: list[str], timeout: float = 5.0) -> str | None:
-    if not shutil.which(cmd[0]):
-        return None
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return p.stdout.strip() if p.returncode == 0 else None
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text(errors="replace").strip("\x00\n ")
-    except OSError:
-        return None
-
-
-def dist_version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_facts() -> dict:
-    from .cpu import probe
-
-    cpu = probe()  # model name, and the int8 kernel class: a figure means little without it (docs/cpu-classes.md)
-    info = _read("/proc/cpuinfo") or ""
-    cores = {(m.group(1), m.group(2)) for m in
-             re.finditer(r"physical id\s*:\s*(\d+).*?core id\s*:\s*(\d+)", info, re.DOTALL)}
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        usable = os.cpu_count()
-    mem = re.search(r"MemTotal:\s*(\d+) kB", _read("/proc/meminfo") or "")
-    return {"model": cpu.model or platform.processor() or platform.machine(),
-            "arch": platform.machine(), "class": cpu.cpu_class, "features": cpu.shown_features(),
-            "logical_cores": os.cpu_count(), "usable_cores": usable,
-            "physical_cores": len(cores) or None,
-            "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-            "memory_mb": round(int(mem.group(1)) / 1024) if mem else None}
-
-
-def _gpu_facts() -> dict | None:
-    gpus = []
-    q = _run_text(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm,"
-                   "compute_cap", "--format=csv,noheader,nounits"])
-    for line in (q or "").splitlines():
-        f = [x.strip() for x in line.split(",")]
-        if len(f) >= 6:
-            gpus.append({"name": f[0], "driver": f[1], "memory_mb": f[2], "power_limit_w": f[3],
-                         "max_sm_clock_mhz": f[4], "compute_capability": f[5]})
-    # Jetson: the power mode (nvpmodel) sets clocks and active cores; numbers mean nothing without it.
-    jetson = None
-    tegra = _read("/etc/nv_tegra_release")
-    if tegra or shutil.which("nvpmodel"):
-        jetson = {"l4t": tegra.splitlines()[0] if tegra else None,
-                  "model": _read("/proc/device-tree/model"),
-                  "power_mode": _run_text(["nvpmodel", "-q"])}
-    if not gpus and not jetson:
-        return None
-    return {"gpus": gpus, "jetson": jetson}
-
-
-def _tensorrt_version() -> str | None:
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs"):
-        v = dist_version(dist)
-        if v:
-            return v
-    try:  # JetPack installs TensorRT as a system package without pip metadata
-        import tensorrt  # noqa: PLC0415 - lazy by design: the runtime never needs it
-
-        return tensorrt.__version__
-    except Exception:  # noqa: BLE001 - absent or broken: both mean "not available"
-        return None
-
-
-def host_facts() -> dict:
-    """What a reader needs to compare two benchmark reports: CPU, GPU, power mode, versions, load."""
-    import cv2
-
-    ort_version = dist_version("onnxruntime") or dist_version("onnxruntime-gpu")
-    try:
-        import onnxruntime as ort
-
-        providers = ort.get_available_providers()
-        ort_version = ort_version or ort.__version__
-    except ImportError:
-        providers = []
-    return {
-        "os": platform.platform(), "python": platform.python_version(),
-        "cpu": _cpu_facts(), "gpu": _gpu_facts(),
-        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {"tbedge": __version__, "numpy": np.__version__, "opencv": cv2.__version__,
-                     "onnxruntime": ort_version, "onnxruntime_providers": providers,
-                     "tensorrt": _tensorrt_version(), "tensorflow": dist_version("tensorflow-cpu")
-                     or dist_version("tensorflow")},
-    }
-
-
-# -- choosing configurations ---------------------------------------------------------------
 def _manifest(path: Path) -> dict | None:
     try:
         return json.loads((path / "manifest.json").read_text())
@@ -291,7 +186,7 @@ def collect_images(images: Sequence[str | Path] | None, tmp: Path | None = None,
     """Image files to cycle through. Without ``images``: synthetic phantoms written into ``tmp``
     (the benchmark runs anywhere; real films give realistic lung masks and crops)."""
     if images:
-        from .screen import expand_inputs
+        from ..inputs import expand_inputs
 
         files, _ = expand_inputs(list(images))
         if not files:
@@ -299,7 +194,7 @@ def collect_images(images: Sequence[str | Path] | None, tmp: Path | None = None,
         return files
     import cv2
 
-    from .bundle import phantom
+    from ..runtime.bundle import phantom
 
     if tmp is None:
         raise BenchError("no images given and no folder for synthetic ones")
@@ -312,226 +207,6 @@ def collect_images(images: Sequence[str | Path] | None, tmp: Path | None = None,
 
 
 # -- measurement (runs in the child) -------------------------------------------------------
-def slice_budgets(iterations: int | None, duration_s: float | None, slices: int,
-                  batch: int = 1) -> list[tuple[int | None, float | None]]:
-    """Split the measured phase into ``slices`` (images, seconds) budgets.
-
-    The e2e and model-only phases alternate slice by slice, so a change of load from other processes
-    during the run hits both alike and their ratio (efficiency) stays meaningful. Image budgets are
-    rounded up to whole batches (at least one), so every slice runs full batches.
-    """
-    n = max(1, int(slices))
-    if iterations is not None:
-        per = max(batch, math.ceil(math.ceil(iterations / n) / batch) * batch)
-        n = max(1, min(n, math.ceil(iterations / per)))
-    it = None if iterations is None else per
-    return [(it, None if duration_s is None else duration_s / n)] * n
-
-
-def _go_on(done: int, t_start: float, iterations: int | None, duration_s: float | None) -> bool:
-    # trtexec semantics: at least ``iterations`` and at least ``duration_s`` (None: no such bound).
-    return ((iterations is not None and done < iterations)
-            or (duration_s is not None and time.perf_counter() - t_start < duration_s))
-
-
-class StreamMeter:
-    """End-to-end figures of ``process`` (paths -> items, in input order) over ``images`` cycled.
-
-    ``result_of`` maps an item to its Result. Latency of an image runs from the moment ``process``
-    pulls its path to the moment its item comes out, so it includes queueing behind the batch.
-    """
-
-    def __init__(self, process: Callable[[Iterable[str]], Iterable], images: Sequence[str | Path],
-                 result_of: Callable[[object], schema.Result] = lambda x: x):
-        if not images:
-            raise BenchError("no images to measure")
-        self.process, self.images, self.result_of = process, [str(i) for i in images], result_of
-        self.cursor = 0
-        self.wall = 0.0
-        self.e2e: list[float] = []
-        self.service: list[float] = []
-        self.stages: dict[str, list[float]] = {st: [] for st in schema.STAGES}
-        self.status: Counter = Counter()
-
-    def _next_path(self) -> str:
-        p = self.images[self.cursor % len(self.images)]
-        self.cursor += 1
-        return p
-
-    def warm(self, n: int, on_item: Callable[[object], None] | None = None) -> None:
-        for item in self.process(self._next_path() for _ in range(max(0, n))):
-            if on_item:
-                on_item(item)
-
-    def run(self, iterations: int | None, duration_s: float | None) -> None:
-        if iterations is None and duration_s is None:
-            raise ValueError("give iterations or duration_s")
-        pulled: list[float] = []
-        t_start = time.perf_counter()
-
-        def feed():
-            while _go_on(len(pulled), t_start, iterations, duration_s):
-                pulled.append(time.perf_counter())
-                yield self._next_path()
-
-        for k, item in enumerate(self.process(feed())):
-            r = self.result_of(item)
-            self.e2e.append((time.perf_counter() - pulled[k]) * 1e3)
-            self.status[r.status if r.status == schema.STATUS_OK else f"{r.status}:{r.reason}"] += 1
-            if r.status != schema.STATUS_OK:
-                continue
-            for st in schema.STAGES:
-                if st in r.timing_ms:
-                    self.stages[st].append(r.timing_ms[st])
-            self.service.append(sum(r.timing_ms.get(st, 0.0) for st in schema.STAGES))
-        self.wall += time.perf_counter() - t_start
-
-    def summary(self) -> dict:
-        n = len(self.e2e)
-        return {"images": n, "wall_s": self.wall, "throughput_ips": n / self.wall if self.wall > 0 else 0.0,
-                "status_counts": dict(self.status),
-                "latency_ms": {"e2e": latency_stats(self.e2e), "service": latency_stats(self.service),
-                               "stages": {st: latency_stats(v) for st, v in self.stages.items()}}}
-
-
-def _device_timings(runner) -> dict[str, float] | None:
-    """Hook for TensorRT: trtexec-style H2D / GPU compute / D2H of the runner's last inference.
-
-    A runner that measures them (CUDA events around each copy and the enqueue) exposes
-    ``last_timings_ms = {"h2d": ms, "compute": ms, "d2h": ms}``; ONNX Runtime runners do not.
-    """
-    t = getattr(runner, "last_timings_ms", None)
-    if not isinstance(t, dict):
-        return None
-    return {k: float(t[k]) for k in ("h2d", "compute", "d2h") if k in t}
-
-
-class ModelMeter:
-    """The models back to back on pre-made batches: {role: fn(x)} in order, one batch per role.
-
-    ``runners`` ({role: Runner}) are only read for device timings (:func:`_device_timings`).
-    Budgets count images, as in :class:`StreamMeter`.
-    """
-
-    def __init__(self, models: dict[str, Callable[[np.ndarray], object]], inputs: dict[str, np.ndarray],
-                 runners: dict | None = None):
-        self.models, self.inputs, self.runners = models, inputs, runners or {}
-        self.batch = len(next(iter(inputs.values())))
-        self.per: dict[str, list[float]] = {role: [] for role in models}
-        self.both: list[float] = []
-        self.dev: dict[str, dict[str, list[float]]] = {role: {} for role in models}
-        self.images = 0
-        self.wall = 0.0
-
-    def warm(self, batches: int = 2) -> None:
-        for _ in range(batches):
-            for role, fn in self.models.items():
-                fn(self.inputs[role])
-
-    def run(self, iterations: int | None, duration_s: float | None) -> None:
-        done = 0
-        t_start = time.perf_counter()
-        while _go_on(done, t_start, iterations, duration_s):
-            t0 = time.perf_counter()
-            for role, fn in self.models.items():
-                t1 = time.perf_counter()
-                fn(self.inputs[role])
-                self.per[role].append((time.perf_counter() - t1) * 1e3)
-                for k, v in (_device_timings(self.runners.get(role)) or {}).items():
-                    self.dev[role].setdefault(k, []).append(v)
-            self.both.append((time.perf_counter() - t0) * 1e3)
-            done += self.batch
-        self.images += done
-        self.wall += time.perf_counter() - t_start
-
-    def summary(self) -> dict:
-        gpu = {role: {k: latency_stats(v) for k, v in d.items()} for role, d in self.dev.items() if d}
-        return {"batch": self.batch, "images": self.images, "wall_s": self.wall,
-                "throughput_ips": self.images / self.wall if self.wall > 0 else 0.0,
-                "latency_ms": {"per_batch": latency_stats(self.both),
-                               **{r: latency_stats(v) for r, v in self.per.items()}},
-                "device_ms": gpu or None}
-
-
-def measure_interleaved(stream: StreamMeter, models: ModelMeter, cfg: dict) -> tuple[dict, dict]:
-    """Alternate e2e and model-only slices (see :func:`slice_budgets`); return both summaries."""
-    for it, dur in slice_budgets(cfg["iterations"], cfg["duration_s"], cfg.get("slices", 4), models.batch):
-        stream.run(it, dur)
-        models.run(it, dur)
-    return stream.summary(), models.summary()
-
-
-def peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024  # bytes on macOS, KiB on Linux
-
-
-def finish_child_result(res: dict, stream: dict, model_only: dict) -> dict:
-    res.update(stream)
-    res["model_only"] = model_only
-    mo = model_only["throughput_ips"]
-    res["efficiency"] = stream["throughput_ips"] / mo if mo > 0 else None
-    res["peak_rss_mb"] = peak_rss_mb()
-    return res
-
-
-def run_pipeline_child(cfg: dict) -> dict:
-    """One configuration of the real pipeline (in this process); returns the child result."""
-    from . import lungs as L
-    from .pipeline import Pipeline
-
-    res = {"kind": "pipeline", "label": cfg["label"], "batch": cfg["batch"], "threads": cfg["threads"]}
-    # Strict: a benchmark measures the engine it names, never the fp32 fallback in its place.
-    with Pipeline(cfg["bundle"], backend=cfg["backend"], batch=cfg["batch"], threads=cfg["threads"],
-                  strict_engine=True) as pipe:
-        b = pipe.bundle
-        res.update(backend=pipe.backend, self_test_deviation=pipe.self_test_deviation,
-                   bundle={"path": str(b.path), "name": b.manifest.get("name"),
-                           "version": b.manifest.get("version"),
-                           "precision": bundle_precisions(b.manifest, pipe.backend)})
-        sizes = {role: b.input_size(role) for role in ROLES}
-        kept: dict[str, list[np.ndarray]] = {role: [] for role in ROLES}
-
-        def keep(s) -> None:
-            # Model-only inputs: real films preprocessed and cropped exactly as the pipeline did.
-            # Only the small tensors are kept, so warm-up does not inflate peak RSS with images.
-            ok = s.result.status == schema.STATUS_OK and s.lungs is not None
-            if ok and len(kept["lungs"]) < pipe.batch:
-                kept["lungs"].append(L.preprocess(s.image.pixels, sizes["lungs"]))
-                kept["classifier"].append(s.classifier_input)
-
-        stream = StreamMeter(pipe.run, cfg["images"], result_of=lambda s: s.result)
-        stream.warm(max(cfg["warmup"], pipe.batch), on_item=keep)  # >= one full batch of model inputs
-        if not kept["lungs"]:
-            raise BenchError("no warm-up image scored ok; cannot make the model-only inputs")
-        made = {role: np.stack([v[i % len(v)] for i in range(pipe.batch)]) for role, v in kept.items()}
-        names = {role: b.entry(role)["input"]["name"] for role in ROLES}
-        fns = {role: (lambda x, role=role: pipe.runners[role].infer({names[role]: x})) for role in ROLES}
-        models = ModelMeter(fns, made, runners=pipe.runners)
-        models.warm()
-        e2e, model_only = measure_interleaved(stream, models, cfg)
-    return finish_child_result(res, e2e, model_only)
-
-
-def child_main(argv: list[str] | None = None, run: Callable[[dict], dict] = run_pipeline_child) -> int:
-    """``--child``: configuration JSON on stdin -> one ``RESULT_MARK`` line on stdout."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv != ["--child"]:
-        print("usage: python -m tbedge.edge.bench --child < config.json", file=sys.stderr)
-        return 2
-    cfg = json.loads(sys.stdin.read())
-    try:
-        out = run(cfg)
-    except Exception as e:  # noqa: BLE001 - the parent records the failure and goes on
-        import traceback
-
-        traceback.print_exc()
-        out = {"label": cfg.get("label"), "error": f"{type(e).__name__}: {e}"[:500]}
-    sys.stdout.write(RESULT_MARK + json.dumps(out) + "\n")
-    sys.stdout.flush()
-    return 0 if "error" not in out else 1
-
-
 # -- orchestration (parent) ----------------------------------------------------------------
 def _spawn(module: str, cfg: dict, timeout_s: float) -> dict:
     env = dict(os.environ)
@@ -628,7 +303,7 @@ def bench(images: Sequence[str | Path] | None = None, engines: Sequence[str | Pa
         base_rounds: list[dict] = []
         for _ in range(rounds):
             for c in configs:
-                results[c["label"]].append(_spawn("tbedge.edge.bench", c, timeout_s))
+                results[c["label"]].append(_spawn(CHILD_MODULE, c, timeout_s))
                 if progress:
                     progress(c["label"])
             if base_cfg:
@@ -714,7 +389,7 @@ def trtexec_compare(bundle_dir: str | Path, batch: int, timeout_s: float = 300) 
     exe = shutil.which("trtexec")
     if not exe:
         return None
-    from .bundle import load_bundle
+    from ..runtime.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
     if not b.has_plans():
@@ -818,6 +493,3 @@ def print_report(report: dict, console=None) -> None:
     if missed:
         console.print(escape("targets missed: " + "; ".join(missed)))
 
-
-if __name__ == "__main__":
-    sys.exit(child_main())

@@ -13,19 +13,19 @@ or scripts/gpu-check.sh; see docs/gpu.md.
 
 from .compile import KERNELS, NvrtcError, compile_ptx
 from .plan import (
-    AREA,
-    LINEAR,
-    MAPPED,
-    PINNED,
-    BufferPlan,
-    ResizeTables,
-    launch_1d,
-    launch_2d,
-    memory_mode,
-    plan_buffers,
-    resize_reference,
-    resize_tables,
-    value_map,
+           AREA,
+           LINEAR,
+           MAPPED,
+           PINNED,
+           BufferPlan,
+           ResizeTables,
+           launch_1d,
+           launch_2d,
+           memory_mode,
+           plan_buffers,
+           resize_reference,
+           resize_tables,
+           value_map,
 )
 from .preprocess import GpuPreprocessor
 

@@ -31,10 +31,10 @@ import numpy as np
 
 from ..fsio import atomic_write_text, sha256_file  # noqa: F401 (sha256_file is re-exported)
 from . import lungs as L
+from .plans import REBUILD_CMD, PlanCompatError, check_plan_compat
 
 FORMAT_VERSION = 1
 ROLES = ("lungs", "classifier")
-REBUILD_CMD = "tbedge build-engine --default --target tensorrt --out {out}"
 
 
 class BundleError(Exception):
@@ -165,9 +165,7 @@ def verify_bundle(b: Bundle) -> None:
 
 
 def check_plan_device(b: Bundle, trt_version: str, compute_capability: str, gpu_name: str = "") -> None:
-    """Refuse plans built for another TensorRT version or GPU (the rule lives in runners.tensorrt)."""
-    from .runners.tensorrt import PlanCompatError, check_plan_compat  # pure code; TensorRT stays unimported
-
+    """Refuse plans built for another TensorRT version or GPU (the rule lives in ``plans``)."""
     for role in ROLES:
         p = b.plan(role)
         if not p:

@@ -49,7 +49,7 @@ class _Item:
 
 def gpu_available() -> bool:
     """True when a CUDA device answers (cuda-python is imported lazily; False on any CPU box)."""
-    from .cuda.device import gpu_available as probe
+    from .gpu.device import gpu_available as probe
 
     return probe()[0]
 

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .errors import TbedgeError
 
 app = typer.Typer(
     name="tbedge",
@@ -57,7 +58,7 @@ SETS = typer.Option("core", "--sets", callback=_sets, help="Data sets of ../shar
                     "Montgomery, NIH: the shipped recipe) | all (+ tb_more_256 as site tb_more, covid_256 as other).")
 
 
-class UserError(Exception):
+class UserError(TbedgeError):
     """Raised for mistakes the user can fix; printed as one line."""
 
 
@@ -558,26 +559,8 @@ def evaluate_cam(
     print(json.dumps(cam_hit_rate(data, engine, part), indent=1))
 
 
-USER_ERRORS: tuple = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, UserError)
-
-
-def _user_errors() -> tuple:
-    from .build.bundle_copy import BuildError
-    from .build.local_threshold import LocalThresholdError
-    from .runtime.bundle import BundleError
-    from .schema import TbedgeInputError
-    from .tools.bench import BenchError
-
-    errors = (*USER_ERRORS, BundleError, TbedgeInputError, BenchError, BuildError, LocalThresholdError)
-    try:  # build errors are the user's to fix (a failed gate, a bad model); needs the [build] extra
-        from .build.export import ExportParityError
-        from .build.gate import GateFailure
-        from .calibration.sets import CalibrationSetError
-
-        errors += (ExportParityError, GateFailure, CalibrationSetError)
-    except ImportError:
-        pass
-    return errors
+# OS errors about the paths a user gave are theirs to fix too.
+USER_ERRORS: tuple = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, TbedgeError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -595,9 +578,10 @@ def main(argv: list[str] | None = None) -> int:
             return getattr(e, "exit_code", 2)
         if _state["verbose"]:
             console.print_exception()
-        if isinstance(e, _user_errors()):
-            console.print(f"error: {e}", markup=False, highlight=False)
-            return 2
+        if isinstance(e, USER_ERRORS):
+            msg = e.one_line() if isinstance(e, TbedgeError) else " ".join(str(e).split())
+            console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+            return getattr(e, "exit_code", 2)
         console.print(f"error: {type(e).__name__}: {e} (run with --verbose for details)", markup=False,
                       highlight=False)
         return 1

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import TbedgeError
+
 SCHEMA_VERSION = "1.0"
 
 # Pipeline stages, in order. Timing keys, bench rows and error results use exactly these.
@@ -57,7 +59,7 @@ QA_FLAGS: dict[str, str] = {
 }
 
 
-class TbedgeInputError(Exception):
+class TbedgeInputError(TbedgeError):
     """An input the pipeline rejects, with a reason code from REASONS."""
 
     def __init__(self, reason: str, detail: str = ""):

@@ -58,3 +58,72 @@ def test_a_one_line_error_stays_one_line_when_stderr_is_not_a_terminal(tmp_path)
     r = run("screen", str(missing), "--output", str(tmp_path / "r.jsonl"))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and str(missing) in r.stderr, r.stderr
+
+
+# == one error base (issue 22) ====================================================================
+def _user_error_classes() -> list[type]:
+    """Every TbedgeError subclass in the package (every module imported first, so none is missed)."""
+    import importlib
+    import pkgutil
+
+    from tbedge.errors import TbedgeError
+
+    for m in pkgutil.walk_packages(tbedge.__path__, "tbedge."):
+        if not m.name.endswith("__main__"):
+            importlib.import_module(m.name)
+    out, todo = [], [TbedgeError]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo += c.__subclasses__()
+    return sorted(set(out), key=lambda c: c.__qualname__)
+
+
+def _instance(cls: type) -> Exception:
+    two_lines = "first line\nsecond line"
+    if cls.__name__ == "TbedgeInputError":
+        return cls("unreadable", two_lines)
+    if cls.__name__ == "SelfTestError":
+        return cls("lungs", 0.9, 0.05, "its build-time outputs")
+    if cls.__name__ == "GateFailure":
+        from types import SimpleNamespace
+
+        return cls(SimpleNamespace(failures=["classifier ΔAUC -0.02\nbelow -0.01", "2 flips"]))
+    return cls(two_lines)
+
+
+def test_every_user_fixable_error_derives_from_the_one_base():
+    names = {c.__name__ for c in _user_error_classes()}
+    assert {"BundleError", "SelfTestError", "TbedgeInputError", "PlanCompatError", "BuildError", "TensorRTBuildError",
+            "ExportParityError", "LocalThresholdError", "GateFailure", "TrtCheckError", "BenchError",
+            "CalibrationSetError", "UserError"} <= names, names
+
+
+@pytest.mark.parametrize("cls", _user_error_classes(), ids=lambda c: c.__name__)
+def test_each_user_error_is_one_line_and_exit_2(cls, monkeypatch, capsys, tmp_path):
+    from tbedge import cli
+    from tbedge.runtime.runners import tensorrt
+
+    err = _instance(cls)
+
+    def fail(_):
+        raise err
+
+    monkeypatch.setattr(tensorrt, "plans_ok", fail)
+    assert cli.main(["check-plans", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    text = (out.out + out.err).strip()
+    assert text.startswith("error: ") and "\n" not in text and "Traceback" not in text, text
+
+
+def test_tensorrt_backend_without_plans_is_one_line(tmp_path):
+    """`--backend tensorrt` on a bundle without plans: the rebuild command, one line, exit 2 (issue 22)."""
+    import shutil
+
+    from conftest import DATA
+
+    shutil.copy(sorted((DATA / "nih_cxr14_512" / "images" / "no_finding").glob("*.png"))[0], tmp_path / "f.png")
+    r = run("screen", str(tmp_path / "f.png"), "--output", str(tmp_path / "r.jsonl"), "--backend", "tensorrt")
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "no TensorRT plan" in lines[0] and "build-engine" in lines[0], r.stderr

@@ -12,10 +12,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import TbedgeError
 from ..runtime.bundle import load_bundle, write_manifest
 
 
-class BuildError(Exception):
+class BuildError(TbedgeError):
     pass
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import TbedgeError
 from ..fsio import atomic_path
 from ..train.predict import load_keras  # noqa: F401  (re-exported: scripts call build.export.load_keras)
 
@@ -20,7 +21,7 @@ OPSET = 17
 PARITY_ATOL = 1e-4
 
 
-class ExportParityError(Exception):
+class ExportParityError(TbedgeError):
     pass
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
+from ..errors import TbedgeError
 from ..runtime import lungs as L
 from ..runtime.imaging import load_image
 
@@ -28,7 +29,7 @@ MAX_DICE_DROP = 0.005
 N_BOOT = 2000
 
 
-class GateFailure(Exception):
+class GateFailure(TbedgeError):
     def __init__(self, result: GateResult):
         self.result = result
         super().__init__("accuracy gate failed: " + "; ".join(result.failures))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import TbedgeError
 from ..fsio import atomic_write_text, sha256_file
 from ..runtime.bundle import load_bundle
 from ..schema import REFER_FLAGS, STATUS_OK
@@ -27,7 +28,7 @@ MIN_NEGATIVES = 20
 LABEL_VALUES = {"1": True, "0": False}
 
 
-class LocalThresholdError(ValueError):
+class LocalThresholdError(TbedgeError, ValueError):
     """Inputs that cannot set an operating point, said so a technician can fix them."""
 
 

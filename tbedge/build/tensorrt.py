@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import TbedgeError
 from ..fsio import atomic_write_bytes
 
 DEFAULT_OPT_BATCH = 8
@@ -21,7 +22,7 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_WORKSPACE = 1 << 30
 
 
-class TensorRTBuildError(Exception):
+class TensorRTBuildError(TbedgeError):
     pass
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper, shape_inference
 
+from ..errors import TbedgeError
+
 ALLOWED_OPS = frozenset({
     "Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum",
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Softmax", "HardSigmoid",
@@ -41,7 +43,7 @@ FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", Ten
 WEIGHT_OUT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}
 
 
-class TrtCheckError(Exception):
+class TrtCheckError(TbedgeError):
     pass
 
 

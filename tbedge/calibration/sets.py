@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
+from ..errors import TbedgeError
 from ..runtime import lungs as L
 from ..runtime.bundle import sha256_file
 from ..runtime.imaging import load_image
@@ -33,7 +34,7 @@ PREPROCESSING = {"lungs": {"resize": "area", "range": [0, 1]},
                  "classifier": {"crop": "tbedge.edge.lungs.analyse+crop", "resize": "area", "range": [0, 1]}}
 
 
-class CalibrationSetError(Exception):
+class CalibrationSetError(TbedgeError):
     pass
 
 

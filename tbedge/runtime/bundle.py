@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import TbedgeError
 from ..fsio import atomic_write_text, sha256_file  # noqa: F401 (sha256_file is re-exported)
 from . import lungs as L
 from .plans import REBUILD_CMD, PlanCompatError, check_plan_compat
@@ -37,7 +38,7 @@ FORMAT_VERSION = 1
 ROLES = ("lungs", "classifier")
 
 
-class BundleError(Exception):
+class BundleError(TbedgeError):
     """A bundle that must not be used, with the reason in words a technician can act on."""
 
 

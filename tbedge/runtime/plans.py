@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 
+from ..errors import TbedgeError
+
 REBUILD_CMD = "tbedge build-engine --default --target tensorrt --out {out}"
 PLAN_KEYS = ("trt_version", "compute_capability")
 
 
-class PlanCompatError(RuntimeError):
+class PlanCompatError(TbedgeError, RuntimeError):
     """A plan that cannot run on this host; the message ends with the rebuild command."""
 
 

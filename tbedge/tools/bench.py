@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import schema
+from ..errors import TbedgeError
 from ..fsio import atomic_write_text
 from ..runtime.bundle import ROLES, default_bundle_path
 from .host import host_facts
@@ -74,7 +75,7 @@ HEADLINE = {
 }
 
 
-class BenchError(Exception):
+class BenchError(TbedgeError):
     """A benchmark that cannot run as asked (no such bundle or precision, no images)."""
 
 

@@ -411,7 +411,7 @@ def train_classifier(
     nih_adversary: float = typer.Option(0.0, "--nih-adversary", help="Strength of a training-only adversary that "
                                         "makes normal films' features hide NIH vs TB site (0 = off)."),
     lung_power: float = typer.Option(1.0, "--lung-power", help="Masked preps: head cells vote with (lung "
-                                     "fraction) ** P (the shipped head uses 2; scripts/lung_power.py)."),
+                                     "fraction) ** P (the shipped head uses 2; tools/lung_power.py)."),
     average_from: float = typer.Option(None, "--average-from", help="Also keep a weight average (SWA) of "
                                        "the epochs from this fraction of --epochs on: avg_best.keras."),
     mixup: float = typer.Option(0.0, "--mixup", help="Mix training batches (images, targets, weights) with "

@@ -266,7 +266,7 @@ def test_dockerfile_jetson_contract():
     assert "tbedge check-plans" in entry and "tbedge watch /incoming --out /results" in entry
 
 
-@pytest.mark.parametrize("script", ["docker/entrypoint.sh", "docker/healthcheck.sh", "scripts/gpu-check.sh"])
+@pytest.mark.parametrize("script", ["docker/entrypoint.sh", "docker/healthcheck.sh", "tools/gpu-check.sh"])
 def test_shell_scripts_parse(script):
     import subprocess
 

@@ -2,7 +2,7 @@
 
 The threshold was locked on other sites' films, and a new site's scores can sit on another scale:
 at the threshold shipped until the sixth session, the 13 Shenzhen -> Montgomery fold models reached
-sensitivities from 0.00 to 1.00 on the site they never saw (docs/classifier-study.md, sixth round).
+sensitivities from 0.00 to 1.00 on the site they never saw (research/classifier-study.md, sixth round).
 Labels are rarely at hand at the scanner, but the referral rate is. A rate near 0 means the threshold
 sits above this site's scores, so TB films are likely cleared. A rate near 1 means every film is
 referred and the triage saves nothing. Either way the operating point must be checked on labelled

@@ -11,7 +11,7 @@ reference set that every model scores (the NIH films of the val part: every mode
 none holds it out, none tests on it), and the mean of those quantiles is read off the target
 model's scores on the same films. Between fold models it halves the sensitivity error of raw
 transfer; onto the full-data model it fails (that model scores NIH films far lower), so the
-shipped threshold is the pooled one (docs/classifier-study.md, fourth round).
+shipped threshold is the pooled one (research/classifier-study.md, fourth round).
 """
 
 from __future__ import annotations

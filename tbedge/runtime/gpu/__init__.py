@@ -8,7 +8,7 @@
 
 cuda-python is imported inside functions only, so importing this package works on a CPU box.
 The kernels are verified against tbedge's CPU path only where a GPU runs tests/test_cuda_kernels.py
-or scripts/gpu-check.sh; see docs/gpu.md.
+or tools/gpu-check.sh; see docs/gpu.md.
 """
 
 from .compile import KERNELS, NvrtcError, compile_ptx

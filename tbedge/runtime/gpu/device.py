@@ -6,7 +6,7 @@ context, so the pointers and streams mix freely. Everything is imported inside f
 ``import tbedge.runtime.gpu`` works on a machine without CUDA.
 
 Written against cuda-python 12.6+/13.x; exercised only where a GPU is present
-(tests/test_cuda_kernels.py, scripts/gpu-check.sh).
+(tests/test_cuda_kernels.py, tools/gpu-check.sh).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ image N+1 into slot N+1's host arena; ``host_image`` waits only for *that* slot'
 Connected-component cleaning stays on the CPU (``lungs.clean`` on the 256x256 mask): it is ~0.1 ms
 there, the mask is 64 KB, and a GPU labelling pass would cost more in launches than it saves.
 
-Verified only on hosts with a GPU (tests/test_cuda_kernels.py, scripts/gpu-check.sh).
+Verified only on hosts with a GPU (tests/test_cuda_kernels.py, tools/gpu-check.sh).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ TensorRT and cuda-python are imported inside functions only.
 
 UNVERIFIED: this module has not yet run on a TensorRT host (none was available while it was
 written). Its pure parts (plan compatibility, profile and batch logic) are unit-tested on CPU;
-the rest is exercised by tests/test_tensorrt_runner.py and scripts/gpu-check.sh where TensorRT
+the rest is exercised by tests/test_tensorrt_runner.py and tools/gpu-check.sh where TensorRT
 is installed. See docs/gpu.md.
 
 Two ways to run:

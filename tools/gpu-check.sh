@@ -1,6 +1,6 @@
 #!/bin/sh
 # One command for a GPU host (Jetson Orin, or any NVIDIA GPU):
-#   scripts/gpu-check.sh [IMAGE_FOLDER] [--n 8] [--bundle DIR] [--json out.json]
+#   tools/gpu-check.sh [IMAGE_FOLDER] [--n 8] [--bundle DIR] [--json out.json]
 # Checks the CUDA kernels against tbedge's CPU (OpenCV) preprocessing on real images, times
 # transfers and kernels, and - where TensorRT is installed - builds plans, compares them with
 # ONNX Runtime and benchmarks them. Sections without their prerequisites are reported as skipped,

@@ -1,8 +1,8 @@
 """Study: which int8 form is right on every CPU class (issue 19). Research, not product.
 
-  python scripts/int8_forms.py build OUT_DIR            # quantize the candidate forms from the fp32 bundle
-  [qemu-x86_64 -cpu MODEL] python scripts/int8_forms.py run OUT_DIR TAG [N]   # outputs on N val films
-  python scripts/int8_forms.py report OUT_DIR           # compare every run with fp32 (native)
+  python research/int8_forms.py build OUT_DIR            # quantize the candidate forms from the fp32 bundle
+  [qemu-x86_64 -cpu MODEL] python research/int8_forms.py run OUT_DIR TAG [N]   # outputs on N val films
+  python research/int8_forms.py report OUT_DIR           # compare every run with fp32 (native)
 
 Every form is quantized from the ranges in the shipped default bundle's calibration.json (the same
 ranges the shipped U8S8 form used), so forms differ only in encoding. ``run`` writes each form's raw

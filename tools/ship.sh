@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Turn the study's chosen runs into the shipped models and bundles (run after scripts/study.sh).
-# Usage: scripts/ship.sh CLASSIFIER_RUN FOLD_RUN...   e.g. scripts/ship.sh runs/cls/resnet_s_s0 \
+# Turn the study's chosen runs into the shipped models and bundles (run after research/study.sh).
+# Usage: tools/ship.sh CLASSIFIER_RUN FOLD_RUN...   e.g. tools/ship.sh runs/cls/resnet_s_s0 \
 #          runs/cls/fold_shenzhen_s0 runs/cls/fold_montgomery_s0
 set -euo pipefail
 cd "$(dirname "$0")/.."

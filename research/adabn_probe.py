@@ -2,8 +2,8 @@
 site's site_val films (their images only, no labels), layer by layer with the earlier layers already
 re-estimated, and compare the TB-vs-rest AUC before and after.
 
-Usage: python scripts/adabn_probe.py CROPS.npz FOLD PARTS MODEL.keras...
-  e.g. python scripts/adabn_probe.py runs/crops/m_no_montgomery_224.npz montgomery site_val runs/cls/f_mc_s1/best.keras
+Usage: python research/adabn_probe.py CROPS.npz FOLD PARTS MODEL.keras...
+  e.g. python research/adabn_probe.py runs/crops/m_no_montgomery_224.npz montgomery site_val runs/cls/f_mc_s1/best.keras
 PARTS: site_val, or site_val,site_test (the films not used for the re-estimation).
 """
 import sys

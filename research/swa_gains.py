@@ -1,7 +1,7 @@
-"""Paired gains of weight averaging (seventh round, docs/selection-rules.md): for each run trained with
+"""Paired gains of weight averaging (seventh round, research/selection-rules.md): for each run trained with
 --average-from, the best selection AUC of the averaged model minus that of the plain model, as logged by the run.
 
-Usage: python scripts/swa_gains.py RUN_DIR...   (prints one line per run and the mean gain)"""
+Usage: python research/swa_gains.py RUN_DIR...   (prints one line per run and the mean gain)"""
 import json
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""GPU host check for tbedge (called by scripts/gpu-check.sh).
+"""GPU host check for tbedge (called by tools/gpu-check.sh).
 
 Sections, each run when its prerequisites exist and otherwise reported as skipped with the reason:
   env        cuda-python / NVRTC / driver / GPU / TensorRT versions

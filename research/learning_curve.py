@@ -1,6 +1,6 @@
 """Learning curve of the recipe (session 9, study.sh lane11*): AUC against the number of training films.
 
-Usage: python scripts/learning_curve.py RUNS_CLS [montgomery]
+Usage: python research/learning_curve.py RUNS_CLS [montgomery]
 Reads each run's result.json (val AUC at the selected epoch, as logged) and eval_test/metrics.json (internal
 test AUC, TB vs rest, the training head) for the runs named below, and prints one table plus the mean gain
 per doubling of the training films. With "montgomery": the Shenzhen (+ NIH) -> Montgomery fold's curve

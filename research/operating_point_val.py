@@ -1,11 +1,11 @@
-"""Record only (seventh round, docs/selection-rules.md): a recipe variant at its own locked operating point, on
+"""Record only (seventh round, research/selection-rules.md): a recipe variant at its own locked operating point, on
 internal val. The threshold is locked by the shipped rule (`train.threshold.lock_threshold`: pooled out-of-site
 site_val predictions of the fold models, sensitivity >= 0.90); the internal model's val predictions are then read
 at it: TB sensitivity, specificity of Shenzhen/Montgomery normals and of NIH no-finding films, pneumonia referred.
 Also printed: the val AUC TB vs rest and TB vs normal on the Shenzhen/Montgomery films alone, and each fold
 model's own site_val sensitivity / specificity at the pooled threshold (how far the threshold carries).
 
-Usage: python scripts/operating_point_val.py NAME INTERNAL_VAL.csv FOLD_SITE_VAL.csv...   (prints one line)"""
+Usage: python research/operating_point_val.py NAME INTERNAL_VAL.csv FOLD_SITE_VAL.csv...   (prints one line)"""
 import csv
 import sys
 

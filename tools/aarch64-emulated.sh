@@ -3,7 +3,7 @@
 # compare its screening output film by film with the native x86 run. Emulated timings say nothing
 # about speed; this checks that the aarch64 wheels and int8 kernels (NEON/dotprod) give the same answers.
 #
-#   scripts/aarch64-emulated.sh [N_FILMS=10]
+#   tools/aarch64-emulated.sh [N_FILMS=10]
 #
 # Needs: root, apt (arm64 packages from the Debian mirror), PyPI, qemu-user, the repo's .venv (x86
 # baseline). Env: ARM=/work/arm64 (all files go there), QEMU_CPU=cortex-a76 (ARMv8.2 + dotprod + fp16,

@@ -1,9 +1,9 @@
-"""Test-time augmentation check of the fifth round (docs/classifier-study.md, rule in
-docs/selection-rules.md): 9 views (identity, ±4 % shifts in x and y, scale 0.95 / 1.05, rotation
+"""Test-time augmentation check of the fifth round (research/classifier-study.md, rule in
+research/selection-rules.md): 9 views (identity, ±4 % shifts in x and y, scale 0.95 / 1.05, rotation
 ±3°; crop and lung weights warped together, then prepared as at runtime), logits averaged;
 TB-vs-rest AUC on the internal val part for the 9 recipe seeds (run folders as in runs/).
 
-Usage: python scripts/tta_val.py [PART]   (default val; prints one line per seed and the mean gain)
+Usage: python research/tta_val.py [PART]   (default val; prints one line per seed and the mean gain)
 """
 
 import sys

@@ -1,7 +1,7 @@
-"""The ninth-round rule (docs/selection-rules.md, declared before any run): mixup (`--mixup 0.4`) against the
+"""The ninth-round rule (research/selection-rules.md, declared before any run): mixup (`--mixup 0.4`) against the
 recipe's CPU runs, on the selection AUCs as logged (power-1 head) and the val heat-map check (power-2 head).
 
-Usage: python scripts/mixup_rule.py RUNS CROPS   (RUNS: runs/cls; CROPS: runs/crops/m_main_224.npz;
+Usage: python research/mixup_rule.py RUNS CROPS   (RUNS: runs/cls; CROPS: runs/crops/m_main_224.npz;
 the power-2 copies of the internal runs go to RUNS/../ship9, their val heat-map check is cached there)"""
 import json
 import sys
@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 from cam_hit_keras import cam_hit_cached
-from lung_power import main as lung_power
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tools/lung_power.py (the release's)
+from lung_power import main as lung_power  # noqa: E402
 
 SEEDS = (93, 94, 95)
 INTERNAL = (93, 94)
 RECIPE = {"mc": ("m4_mc_mask_nih03_s0", "f_mc_s1", "f_mc_s2", "w_mc_s80", "w_mc_s81", "w_mc_s82"),
           "sz": ("f_sz_s0", "f_sz_s1", "f_sz_s2", "w_sz_s80", "w_sz_s81", "w_sz_s82")}
-RECIPE_VAL_AUC = 0.922  # 15-seed mean of the recipe's internal val AUC (docs/classifier-study.md)
+RECIPE_VAL_AUC = 0.922  # 15-seed mean of the recipe's internal val AUC (research/classifier-study.md)
 RECIPE_VAL_CAM = 0.961  # the eighth round's five recipe seeds, power 2 (runs/ship8/*/cam_val.json)
 
 

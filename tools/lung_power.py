@@ -1,9 +1,9 @@
 """Copy a classifier run with its CAM head pooling over cells by (lung fraction) ** POWER (same weights).
 
-Usage: python scripts/lung_power.py SRC_RUN DST_RUN POWER [MODEL]
+Usage: python tools/lung_power.py SRC_RUN DST_RUN POWER [MODEL]
 SRC_RUN holds best.keras (or slim.keras, or MODEL, e.g. avg_best.keras) and config.json;
 DST_RUN gets best.keras and config.json (with "lung_power" added),
-ready for `tbedge evaluate classifier` and scripts/ship.sh."""
+ready for `tbedge evaluate classifier` and tools/ship.sh."""
 import json
 import sys
 from pathlib import Path

@@ -1,7 +1,7 @@
-"""The eighth-round rule (docs/selection-rules.md, declared before any run): `--nih-not-tb all` against the
+"""The eighth-round rule (research/selection-rules.md, declared before any run): `--nih-not-tb all` against the
 recipe at each one's operating point, on val and site_val only. Prints every part, its bar and whether it holds.
 
-Usage: python scripts/nih_rule.py RUNS_P2 CROPS [--test]   (the power-2 copies made by `scripts/study.sh lane9c`;
+Usage: python research/nih_rule.py RUNS_P2 CROPS [--test]   (the power-2 copies made by `research/study.sh lane9c`;
 CROPS: the internal crop cache, runs/crops/m_main_224.npz)
 --test (only after the decision, `lane9d`): the same figures on internal test and the fold models' site_test.
 Reads RUNS_P2/<run>/eval_val/predictions.csv for the internal runs and RUNS_P2/<run>/eval_site_val/predictions.csv

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: scripts/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d|lane11e SEED|lane11f|lane12a|lane12b|lane12c|lane12d   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: research/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d|lane11e SEED|lane11f|lane12a|lane12b|lane12c|lane12d   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ ev() {  # run crops part [fold]: evaluate RUN/best.keras on a part once (skipped
     --data "$R/crops/$2_224.npz" ${4:+--fold $4} --part "$3" --out "$d/eval_$3"
 }
 p2() {  # run: its power-2 copy (lung-core head, same weights) in $EV, made once
-  [ -f "$EV/$1/best.keras" ] || python scripts/lung_power.py "$R/cls/$1" "$EV/$1" 2
+  [ -f "$EV/$1/best.keras" ] || python tools/lung_power.py "$R/cls/$1" "$EV/$1" 2
 }
 mcls() {  # crops out epochs fold(- = internal) seed [extra args]: the shipped recipe (lung-masked, NIH 0.3)
   tbedge train classifier --arch resnet_s --prep masked --nih-weight 0.3 --data "$R/crops/$1_${CROP_SIZE:-224}.npz" \
@@ -47,7 +47,7 @@ lane3)  # second round: the lung-masked classifier (lung models from lane1/lane2
   for s in 0 1; do mcls m_main "f_main_s$s" 40 - "$s"; done
   for s in 0 1 2; do mcls m_no_montgomery "f_mc_s$s" 16 montgomery "$s"; done  # s0 ran as m4_mc_mask_nih03_s0
   mcls m_no_shenzhen f_sz_s0 16 shenzhen 0
-  CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/f_main_s0" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
+  CROPS="$R/crops/m_" tools/ship.sh "$R/cls/f_main_s0" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
   ;;
 seeds)  # the first study's two best at its 6-minute budget, seeds 1 and 2; IRv2 resumed to 55 minutes
   for s in 1 2; do cls resnet_s main "resnet_s6_s$s" 6 "" "$s"; cls edge_irn main "edge_irn_s$s" 6 "" "$s"; done
@@ -75,7 +75,7 @@ lane4)  # third round: more seeds of the recipe (GPU), NIH mixes, the other arch
   mcls m_main n_main_s0 40 - 0 --nih-not-tb all
   # only NIH no-finding given "not TB" (pneumonia keeps teaching "not TB"): measured, not shipped
   for s in 0 1 2; do mcls m_no_montgomery "q_mc_s$s" 16 montgomery "$s" --nih-not-tb no_finding; done
-  CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/g_main_s5" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
+  CROPS="$R/crops/m_" tools/ship.sh "$R/cls/g_main_s5" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
   ;;
 lane5)  # fourth round (CPU): 320 px crops, NIH-only augmentation, more Montgomery -> Shenzhen seeds, then ship
   [ -f "$R/crops/m_main_320.npz" ] || tbedge train crops --data "$D" --lungs "$R/lungs_main/best.keras" \
@@ -86,10 +86,10 @@ lane5)  # fourth round (CPU): 320 px crops, NIH-only augmentation, more Montgome
   for s in 1 2; do mcls m_no_shenzhen "f_sz_s$s" 16 shenzhen "$s"; done
   tbedge evaluate lungs "$R/lungs_main/best.keras" --by-batch --output "$R/lungs_batches.json"
   # threshold from three fold seeds per direction (f_mc_s0 ran as m4_mc_mask_nih03_s0)
-  CROPS="$R/crops/m_" scripts/ship.sh "$R/cls/g_main_s5" "$R/cls/m4_mc_mask_nih03_s0" "$R/cls/f_mc_s1" \
+  CROPS="$R/crops/m_" tools/ship.sh "$R/cls/g_main_s5" "$R/cls/m4_mc_mask_nih03_s0" "$R/cls/f_mc_s1" \
     "$R/cls/f_mc_s2" "$R/cls/f_sz_s0" "$R/cls/f_sz_s1" "$R/cls/f_sz_s2"
   ;;
-lane6)  # fifth round (CPU): a source adversary on normal films (NIH vs TB sites), rule in docs/selection-rules.md
+lane6)  # fifth round (CPU): a source adversary on normal films (NIH vs TB sites), rule in research/selection-rules.md
   for s in 0 1 2 3 4 5 6; do mcls m_no_montgomery "adv_mc_s$s" 16 montgomery "$s" --nih-adversary 0.5; done  # 3-6: record
   for s in 0 1 2; do mcls m_no_shenzhen "adv_sz_s$s" 16 shenzhen "$s" --nih-adversary 0.5; done  # record
   for s in 0 1 2; do mcls m_main "adv_main_s$s" 40 - "$s" --nih-adversary 0.5; done  # seeds 1, 2: for the record
@@ -105,18 +105,18 @@ lane7)  # sixth round: fresh seeds 50-55 (trained on an H100 with KERAS_BACKEND=
   for s in 50 52; do mcls m_no_montgomery "a_mc_s$s" 16 montgomery "$s" --nih-adversary 0.5; done  # record
   for s in 50 54; do mcls m_no_shenzhen "a_sz_s$s" 16 shenzhen "$s" --nih-adversary 0.5; done  # record
   for g in "i_main val" "f_mc site_val" "f_sz site_val"; do
-    python scripts/pair_ensembles.py $(for p in "50 51" "52 53" "54 55"; do set -- $p; echo "$R/cls/${g% *}_s$1/eval_${g#* }/predictions.csv,$R/cls/${g% *}_s$2/eval_${g#* }/predictions.csv"; done)
+    python research/pair_ensembles.py $(for p in "50 51" "52 53" "54 55"; do set -- $p; echo "$R/cls/${g% *}_s$1/eval_${g#* }/predictions.csv,$R/cls/${g% *}_s$2/eval_${g#* }/predictions.csv"; done)
   done
-  python scripts/adabn_probe.py "$R/crops/m_no_montgomery_224.npz" montgomery site_val $R/cls/{m4_mc_mask_nih03_s0,f_mc_s1,f_mc_s2}/best.keras  # + the GPU seeds 3-6
-  python scripts/adabn_probe.py "$R/crops/m_no_shenzhen_224.npz" shenzhen site_val $R/cls/f_sz_s{0,1,2}/best.keras
-  (cd scripts && python split_noise.py "../$R/crops/m_no_montgomery_224.npz" montgomery \
+  python research/adabn_probe.py "$R/crops/m_no_montgomery_224.npz" montgomery site_val $R/cls/{m4_mc_mask_nih03_s0,f_mc_s1,f_mc_s2}/best.keras  # + the GPU seeds 3-6
+  python research/adabn_probe.py "$R/crops/m_no_shenzhen_224.npz" shenzhen site_val $R/cls/f_sz_s{0,1,2}/best.keras
+  (cd research && python split_noise.py "../$R/crops/m_no_montgomery_224.npz" montgomery \
     --recipe ../$R/cls/{m4_mc_mask_nih03_s0,f_mc_s1,f_mc_s2}/best.keras --lever ../$R/cls/adv_mc_s{0,1,2}/best.keras)  # + seeds 3-6
   # The lung-core head (adopted): seed 5's weights, cells pooled by (lung fraction)^2, then the shipped bundles.
-  python scripts/lung_power.py "$R/cls/g_main_s5" "$R/ship6/cls_p2" 2
+  python tools/lung_power.py "$R/cls/g_main_s5" "$R/ship6/cls_p2" 2
   for r in m4_mc_mask_nih03_s0:f_mc_s0 f_mc_s1:f_mc_s1 f_mc_s2:f_mc_s2 f_sz_s0:f_sz_s0 f_sz_s1:f_sz_s1 f_sz_s2:f_sz_s2; do
-    python scripts/lung_power.py "$R/cls/${r%%:*}" "$R/ship6/${r##*:}_p2" 2
+    python tools/lung_power.py "$R/cls/${r%%:*}" "$R/ship6/${r##*:}_p2" 2
   done
-  CROPS="$R/crops/m_" scripts/ship.sh "$R/ship6/cls_p2" "$R"/ship6/f_{mc,sz}_s{0,1,2}_p2
+  CROPS="$R/crops/m_" tools/ship.sh "$R/ship6/cls_p2" "$R"/ship6/f_{mc,sz}_s{0,1,2}_p2
   ;;
 lane8a)  # seventh round: weight averaging (SWA) paired with the plain recipe in each run; lane8a and lane8b side by side
   for s in 80 81; do mcls m_main "w_main_s$s" 40 - "$s" --average-from 0.25; done
@@ -137,26 +137,26 @@ lane8e)  # record only: each variant at its own locked operating point on val (a
   for r in m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2; do ev "$r" m_no_montgomery site_val montgomery; done
   for r in f_sz_s0 f_sz_s1 f_sz_s2; do ev "$r" m_no_shenzhen site_val shenzhen; done
   sv() { for f in "$@"; do echo "$R/cls/$f/eval_site_val/predictions.csv"; done; }
-  for s in 0 1 2; do python scripts/operating_point_val.py "not-tb s$s" "$R/cls/n_main_s$s/eval_val/predictions.csv" \
+  for s in 0 1 2; do python research/operating_point_val.py "not-tb s$s" "$R/cls/n_main_s$s/eval_val/predictions.csv" \
     $(sv n_mc_s0 n_mc_s1 n_mc_s2 n_sz_s0 n_sz_s1 n_sz_s2); done
-  for r in g_main_s5 f_main_s0 f_main_s1; do python scripts/operating_point_val.py "recipe $r" "$R/cls/$r/eval_val/predictions.csv" \
+  for r in g_main_s5 f_main_s0 f_main_s1; do python research/operating_point_val.py "recipe $r" "$R/cls/$r/eval_val/predictions.csv" \
     $(sv m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2 f_sz_s0 f_sz_s1 f_sz_s2); done
   ;;
 lane8c)  # the seventh-round rule: paired gains, then val pneumonia -> TB and val CAM of both arms with the power-2 head
-  python scripts/swa_gains.py "$R"/cls/w_main_s8{0,1}
-  python scripts/swa_gains.py "$R"/cls/w_mc_s8{0,1,2}
-  python scripts/swa_gains.py "$R"/cls/w_sz_s8{0,1,2}
+  python research/swa_gains.py "$R"/cls/w_main_s8{0,1}
+  python research/swa_gains.py "$R"/cls/w_mc_s8{0,1,2}
+  python research/swa_gains.py "$R"/cls/w_sz_s8{0,1,2}
   for s in 80 81; do for arm in best avg_best; do
     o="$R/ship7/w_main_s${s}_${arm}_p2"
-    python scripts/lung_power.py "$R/cls/w_main_s$s" "$o" 2 "$arm.keras"
+    python tools/lung_power.py "$R/cls/w_main_s$s" "$o" 2 "$arm.keras"
     tbedge evaluate classifier "$o/best.keras" --data "$R/crops/m_main_224.npz" --part val --out "$o/eval_val"
-    python scripts/cam_hit_keras.py "$o/best.keras" "$R/crops/m_main_224.npz" val
+    python research/cam_hit_keras.py "$o/best.keras" "$R/crops/m_main_224.npz" val
   done; done
   # after the decision, reported for both arms: internal test (power-2 head), site_test of the fold runs (as trained)
   for s in 80 81; do for arm in best avg_best; do
     o="$R/ship7/w_main_s${s}_${arm}_p2"
     tbedge evaluate classifier "$o/best.keras" --data "$R/crops/m_main_224.npz" --part test --out "$o/eval_test"
-    python scripts/cam_hit_keras.py "$o/best.keras" "$R/crops/m_main_224.npz" test
+    python research/cam_hit_keras.py "$o/best.keras" "$R/crops/m_main_224.npz" test
   done; done
   for f in mc:m_no_montgomery:montgomery sz:m_no_shenzhen:shenzhen; do IFS=: read -r d c fold <<< "$f"
     for s in 80 81 82; do for arm in best avg_best; do
@@ -165,7 +165,7 @@ lane8c)  # the seventh-round rule: paired gains, then val pneumonia -> TB and va
     done; done
   done
   ;;
-lane9a)  # eighth round: decide --nih-not-tb all on fresh seeds 90-92 (rule in docs/selection-rules.md); lane9a and lane9b side by side
+lane9a)  # eighth round: decide --nih-not-tb all on fresh seeds 90-92 (rule in research/selection-rules.md); lane9a and lane9b side by side
   mcls m_main n_main_s90 40 - 90 --nih-not-tb all
   mcls m_no_montgomery n_mc_s90 16 montgomery 90 --nih-not-tb all
   mcls m_main n_main_s92 40 - 92 --nih-not-tb all
@@ -176,24 +176,24 @@ lane9b)
   for s in 91 92; do mcls m_no_montgomery "n_mc_s$s" 16 montgomery "$s" --nih-not-tb all; done
   for s in 90 91; do mcls m_no_shenzhen "n_sz_s$s" 16 shenzhen "$s" --nih-not-tb all; done
   ;;
-lane9c)  # the eighth-round rule on power-2 copies (val and site_val only): scripts/nih_rule.py prints each part
+lane9c)  # the eighth-round rule on power-2 copies (val and site_val only): research/nih_rule.py prints each part
   EV=$R/ship8
   for r in n_main_s90 n_main_s91 n_main_s92 f_main_s0 f_main_s1 g_main_s5 w_main_s80 w_main_s81; do
     p2 "$r"; ev "$r" m_main val; done
   for s in 90 91 92; do p2 "n_mc_s$s"; ev "n_mc_s$s" m_no_montgomery site_val montgomery
     p2 "n_sz_s$s"; ev "n_sz_s$s" m_no_shenzhen site_val shenzhen; done
-  python scripts/nih_rule.py "$EV" "$R/crops/m_main_224.npz"
+  python research/nih_rule.py "$EV" "$R/crops/m_main_224.npz"
   ;;
 lane9d)  # after the eighth-round decision, whatever it was: internal test and site_test of both arms
   EV=$R/ship8
   for r in n_main_s90 n_main_s91 n_main_s92 f_main_s0 f_main_s1 g_main_s5 w_main_s80 w_main_s81; do ev "$r" m_main test; done
   for s in 90 91 92; do ev "n_mc_s$s" m_no_montgomery site_test montgomery; ev "n_sz_s$s" m_no_shenzhen site_test shenzhen; done
-  python scripts/nih_rule.py "$EV" "$R/crops/m_main_224.npz" --test
+  python research/nih_rule.py "$EV" "$R/crops/m_main_224.npz" --test
   EV=$R/cls  # the seventh round's record runs (power 1, as trained)
   for s in 0 1 2; do ev "n_main_s$s" m_main test; ev "n_mc_s$s" m_no_montgomery site_test montgomery
     ev "n_sz_s$s" m_no_shenzhen site_test shenzhen; done
   ;;
-lane10a)  # ninth round: mixup (--mixup 0.4) on fresh seeds 93-95 (rule in docs/selection-rules.md); lane10a and lane10b side by side
+lane10a)  # ninth round: mixup (--mixup 0.4) on fresh seeds 93-95 (rule in research/selection-rules.md); lane10a and lane10b side by side
   mcls m_main x_main_s93 40 - 93 --mixup 0.4
   for s in 93 94; do mcls m_no_montgomery "x_mc_s$s" 16 montgomery "$s" --mixup 0.4; done
   mcls m_no_shenzhen x_sz_s95 16 shenzhen 95 --mixup 0.4
@@ -225,16 +225,16 @@ lane11f)  # after lane11e: site_test of the fold curve and of the recipe's CPU f
   for r in l_mc_f25_s0 l_mc_f25_s1 l_mc_f50_s0 l_mc_f50_s1 m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2 w_mc_s80 w_mc_s81 w_mc_s82; do
     ev "$r" m_no_montgomery site_test montgomery
   done
-  python scripts/learning_curve.py "$R/cls" montgomery
+  python research/learning_curve.py "$R/cls" montgomery
   ;;
 lane11d)  # after lane11a-c: internal test of every learning-curve run and the CPU recipe runs, then the table
   for r in l_main_f25_s0 l_main_f25_s1 l_main_f50_s0 l_main_f50_s1 l_main_f75_s0 l_main_f75_s1 \
            lp12_main_f25_s0 lp12_main_f25_s1 lp12_main_f50_s0 lp12_main_f50_s1 f_main_s0 f_main_s1 w_main_s80 w_main_s81; do
     ev "$r" m_main test
   done
-  python scripts/learning_curve.py "$R/cls"
+  python research/learning_curve.py "$R/cls"
   ;;
-lane12a)  # eleventh round: the lung-core head trained from the start (--lung-power 2), rule in docs/selection-rules.md;
+lane12a)  # eleventh round: the lung-core head trained from the start (--lung-power 2), rule in research/selection-rules.md;
   # lane12a and lane12b side by side (internal seeds 60, 61 ran in the sixth round as lp2_main_s60/s61)
   for s in 62 63; do mcls m_main "lp2_main_s$s" 40 - "$s" --lung-power 2; done
   mcls m_no_montgomery lp2_mc_s62 16 montgomery 62 --lung-power 2; mcls m_no_shenzhen lp2_sz_s62 16 shenzhen 62 --lung-power 2
@@ -250,16 +250,16 @@ lane12c)  # the eleventh-round rule (selection data only)
   for r in m4_mc_mask_nih03_s0 f_mc_s1 f_mc_s2 w_mc_s80 w_mc_s81 w_mc_s82; do p2 "$r"; ev "$r" m_no_montgomery site_val montgomery; done
   for r in f_sz_s0 f_sz_s1 f_sz_s2 w_sz_s80 w_sz_s81 w_sz_s82; do p2 "$r"; ev "$r" m_no_shenzhen site_val shenzhen; done
   for s in 60 61 62 63 64 65; do EV=$R/cls ev "lp2_main_s$s" m_main val; done
-  python scripts/lp2_rule.py "$R/cls" "$EV" "$R/crops/m_main_224.npz"
+  python research/lp2_rule.py "$R/cls" "$EV" "$R/crops/m_main_224.npz"
   ;;
 lane12d)  # after the eleventh-round decision, whatever it was: internal test and the test heat-map check of the
   # six internal runs, site_test of the fold runs (all with the power-2 head they were trained with)
   for s in 60 61 62 63 64 65; do ev "lp2_main_s$s" m_main test
-    python scripts/cam_hit_keras.py "$R/cls/lp2_main_s$s/best.keras" "$R/crops/m_main_224.npz" test; done
+    python research/cam_hit_keras.py "$R/cls/lp2_main_s$s/best.keras" "$R/crops/m_main_224.npz" test; done
   for s in 62 63 64; do ev "lp2_mc_s$s" m_no_montgomery site_test montgomery; ev "lp2_sz_s$s" m_no_shenzhen site_test shenzhen; done
   ;;
 lane10c)  # the ninth-round rule (selection data only)
-  python scripts/mixup_rule.py "$R/cls" "$R/crops/m_main_224.npz"
+  python research/mixup_rule.py "$R/cls" "$R/crops/m_main_224.npz"
   ;;
 lane10d)  # after the ninth-round decision, whatever it was: internal test (power 2) and site_test (as trained)
   for s in 93 94; do EV=$R/ship9 ev "x_main_s$s" m_main test; done

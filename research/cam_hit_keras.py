@@ -1,7 +1,7 @@
 """The heat-map check for a Keras classifier on a crop cache: is the centre of the hottest CAM cell of each
 TB film (with a ground-truth lung mask) inside those lungs? The same reading as `tbedge evaluate cam`, without
 building a bundle, so many seeds can be checked. Usage:
-  python scripts/cam_hit_keras.py RUN/best.keras runs/crops/m_main_224.npz val|test [DATA]
+  python research/cam_hit_keras.py RUN/best.keras runs/crops/m_main_224.npz val|test [DATA]
 (RUN/config.json gives the crop prep.)"""
 import json
 import sys

@@ -2,7 +2,7 @@
 the TB-vs-rest AUC of each member, of the pair (mean of the members' log-probabilities = logit average),
 and the pair's gain over its members' mean. The sixth round's ensemble rule reads the mean gain.
 
-Usage: python scripts/pair_ensembles.py A/predictions.csv,B/predictions.csv [C.csv,D.csv ...]
+Usage: python research/pair_ensembles.py A/predictions.csv,B/predictions.csv [C.csv,D.csv ...]
 """
 import csv
 import sys

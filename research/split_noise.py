@@ -2,8 +2,8 @@
 the mean paired AUC effect on site_val and site_test, its bootstrap SD over films, and where the
 val - test gap falls among random re-splits of the site's films (same part sizes). Analysis only.
 
-Usage: python scripts/split_noise.py CROPS.npz FOLD --recipe M1 M2 ... --lever L1 L2 ...
-       python scripts/split_noise.py CROPS.npz FOLD --recipe M1 M2 ... --adabn   (lever = AdaBN of the recipe)
+Usage: python research/split_noise.py CROPS.npz FOLD --recipe M1 M2 ... --lever L1 L2 ...
+       python research/split_noise.py CROPS.npz FOLD --recipe M1 M2 ... --adabn   (lever = AdaBN of the recipe)
 """
 import argparse
 

@@ -1,8 +1,8 @@
-"""The eleventh-round rule (docs/selection-rules.md, declared before any run): the lung-core head trained from
+"""The eleventh-round rule (research/selection-rules.md, declared before any run): the lung-core head trained from
 the start (`--lung-power 2`) against the recipe converted to power 2, on val and site_val only.
 
-Usage: python scripts/lp2_rule.py RUNS RUNS_P2 CROPS   (RUNS: runs/cls; RUNS_P2: the recipe fold runs' power-2
-copies with eval_site_val/, made by `scripts/study.sh lane12c`; CROPS: runs/crops/m_main_224.npz)
+Usage: python research/lp2_rule.py RUNS RUNS_P2 CROPS   (RUNS: runs/cls; RUNS_P2: the recipe fold runs' power-2
+copies with eval_site_val/, made by `research/study.sh lane12c`; CROPS: runs/crops/m_main_224.npz)
 Reads RUNS/lp2_main_s<seed>/eval_val/metrics.json for the pneumonia -> TB rate; the val heat-map check of each
 internal run is computed once into RUNS_P2/lp2_main_s<seed>/cam_val.json."""
 import json

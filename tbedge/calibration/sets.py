@@ -30,6 +30,8 @@ from ..runtime.imaging import load_image
 
 FORMAT = "tbedge-calibration-set/1"
 DEFAULT_PER_STRATUM = 16
+# Part of every set's hash (set_hash), so the crop's recorded name stays as first written: the function is
+# runtime/lungs.py's analyse + classifier_input today (tbedge.edge became tbedge.runtime in issue 22).
 PREPROCESSING = {"lungs": {"resize": "area", "range": [0, 1]},
                  "classifier": {"crop": "tbedge.edge.lungs.analyse+crop", "resize": "area", "range": [0, 1]}}
 

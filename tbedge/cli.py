@@ -426,14 +426,17 @@ def train_classifier(
 
     Example: tbedge train classifier --arch resnet_s --data runs/crops/main_224.npz --out runs/cls/r0
     """
+    from .train.classifier import Experimental, TrainConfig
     from .train.classifier import train_classifier as run
 
-    state = run(data, arch, out, seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold,
-                patience=patience, prep=prep, size=size, aug_strength=aug_strength,
-                nih_weight=nih_weight, nih_normal_weight=nih_normal_weight,
-                nih_not_tb=nih_not_tb, nih_aug_strength=nih_aug_strength, nih_adversary=nih_adversary,
-                lung_power=lung_power, average_from=average_from, mixup_alpha=mixup,
-                train_fraction=train_fraction, sets=sets, film_look_p=film_look)
+    rejected = Experimental(nih_normal_weight=nih_normal_weight, nih_not_tb=nih_not_tb,
+                            nih_aug_strength=nih_aug_strength, nih_adversary=nih_adversary,
+                            average_from=average_from, mixup_alpha=mixup)
+    config = TrainConfig(seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold, patience=patience,
+                         prep=prep, size=size, aug_strength=aug_strength, nih_weight=nih_weight,
+                         lung_power=lung_power, train_fraction=train_fraction, sets=sets, film_look_p=film_look,
+                         experimental=rejected)
+    state = run(data, arch, out, config)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")
 
 

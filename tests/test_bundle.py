@@ -151,11 +151,27 @@ def test_int8_refuses_calibration_crops_prepared_otherwise(fp32_bundle, data_roo
 
 
 def test_int8_refuses_without_calibration_or_data(fp32_bundle, tmp_path):
-    from tbedge.build.bundle_writer import BuildError, build_bundle
+    from tbedge.build.bundle_writer import BuildConfig, BuildError, build_bundle
 
     with pytest.raises(BuildError, match="calibration"):
-        build_bundle(fp32_bundle, fp32_bundle, tmp_path / "x", "int8", "cpu")
+        build_bundle(fp32_bundle, fp32_bundle, tmp_path / "x", config=BuildConfig("int8", "cpu"))
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
+
+
+def test_build_config_takes_the_positional_and_keyword_options(tmp_path):
+    """``build_bundle``'s precision/target and keyword options replace BuildConfig's fields; unknown ones,
+    precisions and targets fail before anything is written."""
+    from tbedge.build.bundle_writer import BuildConfig, BuildError, build_bundle
+
+    assert BuildConfig(data_root=str(tmp_path)).checked().data_root == tmp_path
+    assert BuildConfig(data_root="").checked().data_root is None
+    with pytest.raises(BuildError, match="unknown precision"):
+        build_bundle(tmp_path, tmp_path, tmp_path / "x", config=BuildConfig(precision="int4"))
+    with pytest.raises(BuildError, match="unknown target"):
+        build_bundle(tmp_path, tmp_path, tmp_path / "x", "fp16", "npu")
+    with pytest.raises(TypeError, match="gate_images"):
+        build_bundle(tmp_path, tmp_path, tmp_path / "x", "fp16", gate_images=3)
+    assert not list(tmp_path.iterdir())
 
 
 def test_add_plans_copies_once_and_replaces_old_plans(copy, tmp_path, monkeypatch):

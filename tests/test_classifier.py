@@ -183,14 +183,24 @@ def test_crop_cache_contents(tiny_crops):
     assert {"site_val", "site_test"} <= set(c.parts("shenzhen"))
 
 
+# config.json stays flat with these keys, in this order (readers: model_prep, scripts/ship.sh...)
+CONFIG_KEYS = ["arch", "size", "seed", "fold", "selection", "epochs", "budget_minutes", "batch", "lr", "weight_decay",
+               "label_smoothing", "aug_strength", "split_seed", "prep", "nih_weight", "nih_normal_weight",
+               "nih_not_tb", "nih_aug_strength", "nih_adversary", "film_look_p", "lung_power", "average_from",
+               "mixup_alpha", "train_fraction", "sets", "crops", "crops_meta", "n_train", "n_select",
+               "class_names", "params", "macs", "gflops", "cam_grid"]
+
+
 def test_training_smoke_resumes(tiny_crops, tmp_path):
-    from tbedge.train.classifier import cosine_lr, evaluate_classifier, train_classifier
+    from dataclasses import replace
+
+    from tbedge.train.classifier import TrainConfig, cosine_lr, evaluate_classifier, train_classifier
 
     out = tmp_path / "run"
-    kw = {"seed": 0, "batch": 4, "max_steps_per_epoch": 2, "run_eagerly": True, "log": lambda _: None}
-    s1 = train_classifier(tiny_crops, "resnet_s", out, epochs=1, **kw)
+    cfg = TrainConfig(seed=0, batch=4, max_steps_per_epoch=2, run_eagerly=True, epochs=1)
+    s1 = train_classifier(tiny_crops, "resnet_s", out, cfg, log=lambda _: None)
     assert s1["epoch"] == 0 and len(s1["history"]) == 1
-    s2 = train_classifier(tiny_crops, "resnet_s", out, epochs=2, **kw)
+    s2 = train_classifier(tiny_crops, "resnet_s", out, replace(cfg, epochs=2), log=lambda _: None)
     assert s2["epoch"] == 1 and [r["epoch"] for r in s2["history"]] == [0, 1]  # continued, not restarted
     assert s2["history"][0] == s1["history"][0]
     assert s2["history"][1]["lr_next"] == pytest.approx(cosine_lr(1e-3, 1.0), rel=1e-5)  # fully annealed
@@ -200,6 +210,7 @@ def test_training_smoke_resumes(tiny_crops, tmp_path):
         assert (out / f).is_file(), f
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["selection"] == "val" and cfg["arch"] == "resnet_s"
+    assert list(cfg) == CONFIG_KEYS and cfg["epochs"] == 2 and cfg["nih_not_tb"] == "none" and cfg["sets"] == "core"
     res = evaluate_classifier(tiny_crops, out / "best.keras", tmp_path / "eval", part="all", threshold=0.5)
     assert res["n"] == 24 and res["threshold_source"] == "given"
     assert sum(map(sum, res["confusion"]["rows_true_cols_pred"])) == 24
@@ -302,10 +313,11 @@ def test_not_tb_loss_gives_flagged_rows_no_say_on_tb(cm):
 
 
 def test_training_with_nih_not_tb(tiny_crops, tmp_path):
-    from tbedge.train.classifier import train_classifier
+    from tbedge.train.classifier import Experimental, TrainConfig, train_classifier
 
-    s = train_classifier(tiny_crops, "resnet_s", tmp_path / "n", epochs=1, seed=0, batch=4, max_steps_per_epoch=2,
-                         run_eagerly=True, nih_not_tb="all", nih_aug_strength=2.0, log=lambda _: None)
+    cfg = TrainConfig(epochs=1, seed=0, batch=4, max_steps_per_epoch=2, run_eagerly=True,
+                      experimental=Experimental(nih_not_tb="all", nih_aug_strength=2.0))
+    s = train_classifier(tiny_crops, "resnet_s", tmp_path / "n", cfg, log=lambda _: None)
     assert np.isfinite(s["history"][0]["loss"])
     cfg = json.loads((tmp_path / "n" / "config.json").read_text())
     assert cfg["nih_not_tb"] == "all" and cfg["nih_aug_strength"] == 2.0
@@ -456,3 +468,28 @@ def test_train_subset_keeps_each_site_and_class_share():
     assert np.array_equal(train_subset(idx, site, label, 1.0, seed=0), idx)
     with pytest.raises(ValueError, match="fraction"):
         train_subset(idx, site, label, 0.0, seed=0)
+
+
+def test_train_config_takes_the_flat_options_and_keeps_the_rejected_ones_apart():
+    """Flat keywords (as before the dataclass) fill TrainConfig; the rejected study levers land in
+    ``experimental``; unknown names fail; config.json's option part is flat and complete."""
+    from tbedge.train.classifier import Experimental, TrainConfig, run_config
+
+    cfg = TrainConfig.from_options(seed=3, prep="masked", nih_weight=0.3, nih_adversary=0.5, average_from=0.25)
+    assert cfg.seed == 3 and cfg.prep == "masked" and cfg.nih_weight == 0.3
+    assert cfg.experimental == Experimental(nih_adversary=0.5, average_from=0.25)
+    assert cfg.with_options(seed=4).experimental == cfg.experimental  # other options leave it alone
+    assert TrainConfig(experimental={"mixup_alpha": 0.4}).experimental.mixup_alpha == 0.4
+    with pytest.raises(TypeError, match="nih_adversery"):
+        TrainConfig.from_options(nih_adversery=0.5)
+    with pytest.raises(TypeError, match="mixup"):
+        TrainConfig(experimental={"mixup": 0.4})
+    with pytest.raises(ValueError, match="mixup"):
+        Experimental(mixup_alpha=0.4, nih_not_tb="all")
+    flat = run_config(cfg, "resnet_s", 224, "val")
+    assert list(flat) == CONFIG_KEYS[:CONFIG_KEYS.index("crops")]
+    assert flat["nih_adversary"] == 0.5 and flat["average_from"] == 0.25 and flat["mixup_alpha"] == 0.0
+    same = set(flat) & set(cfg.flat()) - {"size"}  # config.json records the size used (here given: 224)
+    assert same and all(cfg.flat()[k] == flat[k] for k in same)
+    assert run_config(TrainConfig(sets=("shenzhen_montgomery", "nih")), "a", 64, "val")["sets"] == [
+        "shenzhen_montgomery", "nih"]

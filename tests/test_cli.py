@@ -127,3 +127,41 @@ def test_tensorrt_backend_without_plans_is_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "no TensorRT plan" in lines[0] and "build-engine" in lines[0], r.stderr
+
+
+def test_train_classifier_flags_fill_the_config(tmp_path, monkeypatch):
+    """The background job's command line still parses; the rejected levers' flags fill ``experimental``."""
+    from tbedge import cli
+    from tbedge.train import classifier
+    from tbedge.train.classifier import Experimental, TrainConfig
+
+    got = {}
+
+    def fake(data, arch, out, config=None, **options):
+        got.update(data=data, arch=arch, out=out, config=config, options=options)
+        return {"best": 0.5, "best_epoch": 0}
+
+    monkeypatch.setattr(classifier, "train_classifier", fake)
+    base = ["train", "classifier", "--arch", "resnet_s", "--prep", "masked", "--lung-power", "2", "--nih-weight",
+            "0.3", "--sets", "all", "--epochs", "10", "--seed", "0", "--film-look", "1.0", "--data",
+            str(tmp_path / "c.npz"), "--fold", "montgomery", "--out", str(tmp_path / "o")]
+    assert cli.main(base) == 0
+    assert got["config"] == TrainConfig(seed=0, epochs=10, fold="montgomery", prep="masked", lung_power=2.0,
+                                        nih_weight=0.3, sets="all", film_look_p=1.0) and not got["options"]
+    assert got["arch"] == "resnet_s" and got["data"] == tmp_path / "c.npz" and got["out"] == tmp_path / "o"
+    assert cli.main([*base, "--nih-not-tb", "all", "--nih-aug-strength", "2", "--nih-normal-weight", "0",
+                     "--nih-adversary", "0.5", "--average-from", "0.25"]) == 0
+    assert got["config"].experimental == Experimental(nih_normal_weight=0.0, nih_not_tb="all", nih_aug_strength=2.0,
+                                                      nih_adversary=0.5, average_from=0.25)
+    assert cli.main([*base, "--mixup", "0.4"]) == 0
+    assert got["config"].experimental == Experimental(mixup_alpha=0.4)
+
+
+def test_build_engine_passes_a_build_config(tmp_path, monkeypatch):
+    from tbedge.build import bundle_writer as BW
+
+    got = {}
+    monkeypatch.setattr(BW, "build_bundle", lambda lungs, cls, out, **kw: got.update(kw, lungs=lungs, cls=cls))
+    BW.build_engine(tmp_path, False, "int8", "cpu", None, tmp_path / "out", tmp_path, threads=2)
+    assert got["config"] == BW.BuildConfig("int8", "cpu", data_root=tmp_path, threads=2)
+    assert got["lungs"] == tmp_path / "lungs.keras" and got["cls"] == tmp_path / "classifier.keras"

@@ -26,6 +26,8 @@ from watch_support import (
 from tbedge.fsio import sha256_file
 from tbedge.runtime.pipeline import Pipeline
 from tbedge.services import watch as W
+from tbedge.services import watch_finish as WF
+from tbedge.services import watch_store as WS
 from tbedge.services.journal import Journal
 
 
@@ -198,7 +200,7 @@ def test_disk_full_pauses_and_resumes(data_root, pipe, tmp_path, monkeypatch, ca
         assert [r.message for r in caplog.records].count(
             next(r.message for r in caplog.records if r.message.startswith("intake paused"))) == 1
         # ENOSPC on the first result writes: pause again, lose nothing.
-        real = W.atomic_write_bytes
+        real = WF.atomic_write_bytes
         fails = {"n": 2}
 
         def flaky_write(path, data):
@@ -207,7 +209,7 @@ def test_disk_full_pauses_and_resumes(data_root, pipe, tmp_path, monkeypatch, ca
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real(path, data)
 
-        monkeypatch.setattr(W, "atomic_write_bytes", flaky_write)
+        monkeypatch.setattr(WF, "atomic_write_bytes", flaky_write)
         w.cfg.min_free_mb = 1
         w.wake.set()
         deadline = time.time() + 60
@@ -260,15 +262,15 @@ def test_once_failed_steps_must_be_positive(tmp_path):
 
 def test_index_recovery_cuts_partial_line_and_never_duplicates(tmp_path):
     out = tmp_path
-    idx = W.ResultsIndex(out)
-    row = dict.fromkeys(W.INDEX_COLUMNS, None) | {"entry": 1, "input": "a,\nb.png", "status": "ok"}
+    idx = WS.ResultsIndex(out)
+    row = dict.fromkeys(WS.INDEX_COLUMNS, None) | {"entry": 1, "input": "a,\nb.png", "status": "ok"}
     idx.append(row)
     idx.append(row)  # already there: skipped
     with open(out / "index.jsonl", "ab") as f:
         f.write(b'{"entry": 2, "inp')
     with open(out / "index.csv", "ab") as f:
         f.write(b"2,2026-")
-    idx = W.ResultsIndex(out)
+    idx = WS.ResultsIndex(out)
     assert idx.jsonl.keys == {1} and idx.csv.keys == {1}
     idx.append(row | {"entry": 2})
     lines = (out / "index.jsonl").read_text().splitlines()
@@ -283,18 +285,18 @@ def test_retention_deletes_or_archives_old_days(tmp_path):
     for d in ("2025-02-01", "2025-03-01", "2025-03-30", "notes"):
         (processed / d).mkdir(parents=True)
         (processed / d / "x.png").write_bytes(b"x")
-    assert W.apply_retention(processed, 30, today=today) == ["2025-02-01"]
+    assert WS.apply_retention(processed, 30, today=today) == ["2025-02-01"]
     assert sorted(p.name for p in processed.iterdir()) == ["2025-03-01", "2025-03-30", "notes"]
     archive = tmp_path / "archive"
-    assert W.apply_retention(processed, 10, archive=archive, today=today) == ["2025-03-01"]
+    assert WS.apply_retention(processed, 10, archive=archive, today=today) == ["2025-03-01"]
     assert (archive / "2025-03-01" / "x.png").is_file()
-    assert W.apply_retention(processed, 0, today=today) == []  # 0 disables retention
+    assert WS.apply_retention(processed, 0, today=today) == []  # 0 disables retention
 
 
 def test_temp_names_are_not_inputs():
     for n in (".x.png", "x.png.part", "x.tmp", "~x.png", "x.crdownload"):
-        assert W.is_temp_name(Path(n))
-    assert not W.is_temp_name(Path("x.png")) and not W.is_temp_name(Path("x.dcm"))
+        assert WS.is_temp_name(Path(n))
+    assert not WS.is_temp_name(Path("x.png")) and not WS.is_temp_name(Path("x.dcm"))
 
 
 def test_watch_scores_equal_screen_scores(data_root, tiny_bundle, tmp_path):

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -215,35 +215,68 @@ def self_test_atol(precision: str, deviation: dict[str, float], target: str = "c
 
 
 # -- the build ----------------------------------------------------------------------------
-def build_bundle(lungs_src: str | Path, classifier_src: str | Path, out: str | Path, precision: str = "fp32",
-                 target: str = "cpu", calibration: str | Path | None = None,
-                 threshold: float | dict | None = None, data_root: str | Path | None = None,
-                 threads: int = 0, allow_gate_failure: bool = False, name: str = "tbedge",
-                 version: str | None = None, class_names: list[str] | None = None,
-                 build_plans: bool | None = None, opt_batch: int = 8, max_batch: int = 32,
-                 gate_max_images: int | None = None, progress: ProgressFn | None = None) -> dict:
-    """Build a bundle at ``out`` and return a summary (sizes, parity, gate, self-test deviations).
+@dataclass(frozen=True)
+class BuildConfig:
+    """How to build a bundle (``build_bundle``); the defaults are ``tbedge build-engine``'s.
 
+    ``precision`` (``precision.PRECISIONS``) and ``target`` (``precision.TARGETS``): the models' form.
     ``calibration``: a calibration-set directory (make_calibration_set), required for int8 unless
     ``data_root`` is given (a set is then made from its ``calib`` part). ``threshold``: the locked
     TB threshold (float or {"value", "chosen_on"}); taken from the source bundle when omitted.
-    ``build_plans``: TensorRT plans for target tensorrt (default: when TensorRT is importable).
+    ``data_root``: the data folder for parity on real images, the int8 calibration set and the accuracy
+    gate. ``allow_gate_failure``: keep a reduced-precision build that fails the gate (or has no data to
+    run it), recorded as the manifest's ``override``. ``name``, ``version`` (default: today),
+    ``class_names`` (default: the source's, else ``DEFAULT_CLASS_NAMES``): the manifest's.
+    ``build_plans``: TensorRT plans for target tensorrt (default: when TensorRT is importable), built
+    for ``opt_batch``/``max_batch``. ``gate_max_images``: cap the gate's val images (tests).
     """
-    if precision not in P.PRECISIONS:
-        raise BuildError(f"unknown precision {precision!r}; choose one of {', '.join(P.PRECISIONS)}")
-    if target not in P.TARGETS:
-        raise BuildError(f"unknown target {target!r}; choose one of {', '.join(P.TARGETS)}")
+
+    precision: str = "fp32"
+    target: str = "cpu"
+    calibration: str | Path | None = None
+    threshold: float | dict | None = None
+    data_root: str | Path | None = None
+    threads: int = 0
+    allow_gate_failure: bool = False
+    name: str = "tbedge"
+    version: str | None = None
+    class_names: list[str] | None = None
+    build_plans: bool | None = None
+    opt_batch: int = 8
+    max_batch: int = 32
+    gate_max_images: int | None = None
+
+    def checked(self) -> BuildConfig:
+        """This config with ``data_root`` as a Path (or None); BuildError on an unknown precision/target."""
+        if self.precision not in P.PRECISIONS:
+            raise BuildError(f"unknown precision {self.precision!r}; choose one of {', '.join(P.PRECISIONS)}")
+        if self.target not in P.TARGETS:
+            raise BuildError(f"unknown target {self.target!r}; choose one of {', '.join(P.TARGETS)}")
+        return replace(self, data_root=Path(self.data_root) if self.data_root else None)
+
+
+def build_bundle(lungs_src: str | Path, classifier_src: str | Path, out: str | Path, precision: str | None = None,
+                 target: str | None = None, config: BuildConfig | None = None, *,
+                 progress: ProgressFn | None = None, **options) -> dict:
+    """Build a bundle at ``out`` and return a summary (sizes, parity, gate, self-test deviations).
+
+    ``config``: how (``BuildConfig``); ``precision``, ``target`` and keyword ``options`` (its field
+    names: ``calibration=``, ``threshold=``, ``data_root=``...) replace its fields, so
+    ``build_bundle(lungs, cls, out, "int8", "cpu", data_root=d)`` still works. Built in a temporary
+    sibling directory and swapped in at the end: a failure leaves nothing at ``out``.
+    """
+    if config is not None and not isinstance(config, BuildConfig):
+        raise TypeError(f"config must be a BuildConfig, not {type(config).__name__}")
+    given = {k: v for k, v in (("precision", precision), ("target", target)) if v is not None}
+    cfg = replace(config or BuildConfig(), **given, **options).checked()
     out = Path(out)
-    data_root = Path(data_root) if data_root else None
     say = progress or (lambda _m: None)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     work = stage / "_work"
     work.mkdir()
     try:
-        summary = _build_into(stage, work, lungs_src, classifier_src, precision, target, calibration,
-                              threshold, data_root, threads, allow_gate_failure, name, version, class_names,
-                              build_plans, opt_batch, max_batch, gate_max_images, say)
+        summary = _build_into(stage, work, lungs_src, classifier_src, cfg, say)
         shutil.rmtree(work)
         load_bundle(stage)  # the reader must accept what we wrote
         swap_in(stage, out)
@@ -254,119 +287,168 @@ def build_bundle(lungs_src: str | Path, classifier_src: str | Path, out: str | P
     return summary
 
 
-def _build_into(stage, work, lungs_src, classifier_src, precision, target, calibration, threshold, data_root,
-                threads, allow_gate_failure, name, version, class_names, build_plans, opt_batch, max_batch,
-                gate_max_images, say) -> dict:
-    src = {"lungs": resolve_source(lungs_src, "lungs", work, data_root, say),
-           "classifier": resolve_source(classifier_src, "classifier", work, data_root, say)}
+@dataclass
+class _Sources:
+    """The fp32 sources of both roles and what the build reads from them."""
+
+    src: dict[str, Source]
+    fp32: dict[str, Path]
+    fp32_sha: dict[str, str]
+    specs: dict[str, tuple[dict, list[str]]]  # role -> (input spec, output names)
+    sizes: dict[str, int]
+    names: list[str]  # class names
+    tb_index: int
+    prep: str  # the classifier's crop preparation
+    thr: dict  # the locked threshold
+
+    def channels(self) -> dict[str, int]:
+        return {r: int(self.specs[r][0]["shape"][-1]) for r in ROLES}
+
+
+def _read_sources(work: Path, lungs_src, classifier_src, cfg: BuildConfig, say: ProgressFn) -> _Sources:
+    src = {"lungs": resolve_source(lungs_src, "lungs", work, cfg.data_root, say),
+           "classifier": resolve_source(classifier_src, "classifier", work, cfg.data_root, say)}
     fp32 = {r: src[r].onnx for r in ROLES}
     fp32_sha = {r: sha256_file(fp32[r]) for r in ROLES}
     specs = {r: io_spec(fp32[r]) for r in ROLES}
     sizes = {r: int(specs[r][0]["shape"][1]) for r in ROLES}
-    names = class_names or src["classifier"].class_names or DEFAULT_CLASS_NAMES
+    names = cfg.class_names or src["classifier"].class_names or DEFAULT_CLASS_NAMES
     if "tb" not in names:
         raise BuildError(f"class names {names} have no 'tb'")
-    tb_index = names.index("tb")
     prep = src["classifier"].crop_prep
     if L.input_channels(prep) != int(specs["classifier"][0]["shape"][-1]):
         raise BuildError(f"classifier crop_prep {prep!r} needs a {L.input_channels(prep)}-channel input; "
                          f"the model takes {specs['classifier'][0]['shape']}")
-    thr = _resolve_threshold(threshold, src["classifier"], fp32_sha["classifier"])
-    tools = {**tool_versions(), **src["lungs"].tools, **src["classifier"].tools}
-    manifest: dict = {"name": name, "version": version or _dt.date.today().strftime("%Y.%m.%d"),
-                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                      "class_names": names, "threshold": thr, "calibration": None, "plans": {},
-                      "tools": tools, "override": None, "target": target}
-    summary: dict = {"precision": precision, "target": target, "parity": {}, "gate": None,
-                     "sources": {r: f"{src[r].origin}:{src[r].name}" for r in ROLES}}
+    thr = _resolve_threshold(cfg.threshold, src["classifier"], fp32_sha["classifier"])
+    return _Sources(src, fp32, fp32_sha, specs, sizes, names, names.index("tb"), prep, thr)
 
-    # 1. the chosen precision
+
+def _build_into(stage: Path, work: Path, lungs_src, classifier_src, cfg: BuildConfig, say: ProgressFn) -> dict:
+    """The build, in ``stage`` (scratch files in ``work``): sources, precision, gate, files + self-test,
+    plans, manifest. Returns the summary."""
+    s = _read_sources(work, lungs_src, classifier_src, cfg, say)
+    src = s.src
+    manifest: dict = {"name": cfg.name, "version": cfg.version or _dt.date.today().strftime("%Y.%m.%d"),
+                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      "class_names": s.names, "threshold": s.thr, "calibration": None, "plans": {},
+                      "tools": {**tool_versions(), **src["lungs"].tools, **src["classifier"].tools},
+                      "override": None, "target": cfg.target}
+    summary: dict = {"precision": cfg.precision, "target": cfg.target, "parity": {}, "gate": None,
+                     "sources": {r: f"{src[r].origin}:{src[r].name}" for r in ROLES}}
+    model, quant = _chosen_precision(stage, work, s, cfg, manifest, summary, say)  # 1.
+    gate = _accuracy_gate(s, model, cfg, manifest, summary, say)  # 2. (reduced precision only)
+    models = _model_entries(stage, s, model, quant, gate, cfg.precision, cfg.target)  # 3. files, self-test
+    summary["parity"] = {r: src[r].parity for r in ROLES}
+    manifest["models"] = models
+    manifest["self_test"] = summary["self_test"] = _self_test(stage, s, model, cfg)
+    if cfg.target == "tensorrt":  # 4. TensorRT plans
+        _tensorrt_plans(stage, models, cfg, manifest, summary, say)
+    write_manifest(stage, manifest)
+    summary["sizes"] = {p.name: p.stat().st_size for p in sorted(stage.iterdir()) if p.is_file()}
+    summary["override"] = manifest["override"]
+    return summary
+
+
+def _chosen_precision(stage: Path, work: Path, s: _Sources, cfg: BuildConfig, manifest: dict, summary: dict,
+                      say: ProgressFn) -> tuple[dict[str, Path], dict[str, dict | None]]:
+    """(model, quant): each role's ONNX at the chosen precision and its quantization record (int8 only;
+    the calibration table is written into ``stage`` and recorded in ``manifest``/``summary``)."""
     model: dict[str, Path] = {}
     quant: dict[str, dict | None] = {r: None for r in ROLES}
-    if precision == "fp32":
-        model = dict(fp32)
-    elif precision == "fp16":
+    if cfg.precision == "fp32":
+        model = dict(s.fp32)
+    elif cfg.precision == "fp16":
         for r in ROLES:
             say(f"fp16: {r}")
-            model[r] = P.to_fp16(fp32[r], work / f"{r}.fp16.onnx")
+            model[r] = P.to_fp16(s.fp32[r], work / f"{r}.fp16.onnx")
     else:
-        model, quant, cal_entry = _int8(work, stage, fp32, fp32_sha, sizes, target, calibration, data_root,
-                                        threads, say, prep)
+        model, quant, cal_entry = _int8(work, stage, s.fp32, s.fp32_sha, s.sizes, cfg.target, cfg.calibration,
+                                        cfg.data_root, cfg.threads, say, s.prep)
         manifest["calibration"] = cal_entry
         summary["calibration_set_sha256"] = cal_entry["set_sha256"]
-    if precision != "fp32" and target == "tensorrt":  # Q/DQ rules for int8, one type per op for both
+    if cfg.precision != "fp32" and cfg.target == "tensorrt":  # Q/DQ rules for int8, one type per op for both
         from .trt_check import assert_trt_ready
 
         for r in ROLES:
             assert_trt_ready(model[r])
+    return model, quant
 
-    # 2. the accuracy gate (reduced precision only)
-    gate = None
-    if precision != "fp32":
-        if data_root is None:
-            gate_err = "accuracy gate not run: no data folder with val images"
-            if not allow_gate_failure:
-                raise BuildError(gate_err + " (give --data, or --allow-gate-failure to ship ungated)")
-            manifest["override"] = {"flag": "--allow-gate-failure", "reason": gate_err}
-        else:
-            say("accuracy gate on the val part")
-            res = G.evaluate(fp32, model, data_root, thr["value"], tb_index, sizes["classifier"], threads,
-                             gate_max_images, prep)
-            gate = res.to_dict()
-            summary["gate"] = gate
-            if not res.passed:
-                if not allow_gate_failure:
-                    raise G.GateFailure(res)
-                manifest["override"] = {"flag": "--allow-gate-failure", "reason": "; ".join(res.failures)}
 
-    # 3. files, self-test, manifest
+def _accuracy_gate(s: _Sources, model: dict[str, Path], cfg: BuildConfig, manifest: dict, summary: dict,
+                   say: ProgressFn) -> dict | None:
+    """The gate's record for a reduced-precision build (None for fp32 or without data); a failure raises
+    unless ``allow_gate_failure``, which records the manifest's ``override``."""
+    if cfg.precision == "fp32":
+        return None
+    if cfg.data_root is None:
+        gate_err = "accuracy gate not run: no data folder with val images"
+        if not cfg.allow_gate_failure:
+            raise BuildError(gate_err + " (give --data, or --allow-gate-failure to ship ungated)")
+        manifest["override"] = {"flag": "--allow-gate-failure", "reason": gate_err}
+        return None
+    say("accuracy gate on the val part")
+    res = G.evaluate(s.fp32, model, cfg.data_root, s.thr["value"], s.tb_index, s.sizes["classifier"], cfg.threads,
+                     cfg.gate_max_images, s.prep)
+    gate = res.to_dict()
+    summary["gate"] = gate
+    if not res.passed:
+        if not cfg.allow_gate_failure:
+            raise G.GateFailure(res)
+        manifest["override"] = {"flag": "--allow-gate-failure", "reason": "; ".join(res.failures)}
+    return gate
+
+
+def _model_entries(stage: Path, s: _Sources, model: dict[str, Path], quant: dict, gate: dict | None,
+                   precision: str, target: str) -> dict:
+    """Copy each role's model into ``stage`` as ``ROLE.onnx`` and return the manifest's ``models``."""
     models = {}
     for r in ROLES:
         fname = f"{r}.onnx"
         shutil.copyfile(model[r], stage / fname)
-        spec, outputs = specs[r]
-        e = {"file": fname, "sha256": sha256_file(stage / fname), "name": src[r].name,
-             "version": src[r].version,
+        spec, outputs = s.specs[r]
+        e = {"file": fname, "sha256": sha256_file(stage / fname), "name": s.src[r].name,
+             "version": s.src[r].version,
              "precision": precision, "backend": "tensorrt" if target == "tensorrt" else "onnxruntime",
-             "derived_from": None if precision == "fp32" else fp32_sha[r],
+             "derived_from": None if precision == "fp32" else s.fp32_sha[r],
              "gate": gate, "input": spec, "outputs": outputs,
-             "preprocessing": {"size": sizes[r], "resize": PREPROCESSING_RESIZE, "range": [0, 1],
-                               **({"crop": prep} if r == "classifier" else {})},
-             "source": src[r].origin, "parity": src[r].parity, "quantization": quant[r]}
+             "preprocessing": {"size": s.sizes[r], "resize": PREPROCESSING_RESIZE, "range": [0, 1],
+                               **({"crop": s.prep} if r == "classifier" else {})},
+             "source": s.src[r].origin, "parity": s.src[r].parity, "quantization": quant[r]}
         if r == "classifier":
-            e["tb_bias"] = read_tb_bias(fp32[r], tb_index)
+            e["tb_bias"] = read_tb_bias(s.fp32[r], s.tb_index)
         models[r] = e
-        summary["parity"][r] = src[r].parity
-    manifest["models"] = models
-    ref, dev = self_test_reference(fp32, sizes, model, threads,
-                                   {r: int(specs[r][0]["shape"][-1]) for r in ROLES})
-    if precision == "fp32":  # its own outputs are the reference
+    return models
+
+
+def _self_test(stage: Path, s: _Sources, model: dict[str, Path], cfg: BuildConfig) -> dict:
+    """Write selftest.npz (fp32 reference outputs on the phantoms, + the chosen models' own outputs for
+    reduced precision) and return the manifest's ``self_test``."""
+    ref, dev = self_test_reference(s.fp32, s.sizes, model, cfg.threads, s.channels())
+    if cfg.precision == "fp32":  # its own outputs are the reference
         ref = {k: v for k, v in ref.items() if not k.startswith("expected/")}
     with open(stage / "selftest.npz", "wb") as f:
         np.savez(f, **ref)
         f.flush()
         os.fsync(f.fileno())
-    manifest["self_test"] = {"file": "selftest.npz", "sha256": sha256_file(stage / "selftest.npz"),
-                             "atol": self_test_atol(precision, dev, target), "measured": dev,
-                             "reference": "fp32 ONNX Runtime CPU"}
-    if precision != "fp32":
-        manifest["self_test"]["expected_atol"] = {r: EXPECTED_ATOL[precision] for r in ROLES}
-    summary["self_test"] = manifest["self_test"]
+    entry = {"file": "selftest.npz", "sha256": sha256_file(stage / "selftest.npz"),
+             "atol": self_test_atol(cfg.precision, dev, cfg.target), "measured": dev,
+             "reference": "fp32 ONNX Runtime CPU"}
+    if cfg.precision != "fp32":
+        entry["expected_atol"] = {r: EXPECTED_ATOL[cfg.precision] for r in ROLES}
+    return entry
 
-    # 4. TensorRT plans
-    if target == "tensorrt":
-        from .tensorrt import tensorrt_available
 
-        want = tensorrt_available() if build_plans is None else build_plans
-        if want:
-            manifest["plans"] = build_plans_for(stage, models, precision, opt_batch, max_batch, say)
-        else:
-            summary["plans"] = ("not built: TensorRT is not installed here; on the device run "
-                                "`tbedge build-engine BUNDLE --target tensorrt` to add them")
-    write_manifest(stage, manifest)
-    summary["sizes"] = {p.name: p.stat().st_size for p in sorted(stage.iterdir()) if p.is_file()}
-    summary["override"] = manifest["override"]
-    return summary
+def _tensorrt_plans(stage: Path, models: dict, cfg: BuildConfig, manifest: dict, summary: dict,
+                    say: ProgressFn) -> None:
+    """Target tensorrt: build the plans here when wanted (``build_plans``), else say how to add them."""
+    from .tensorrt import tensorrt_available
+
+    want = tensorrt_available() if cfg.build_plans is None else cfg.build_plans
+    if want:
+        manifest["plans"] = build_plans_for(stage, models, cfg.precision, cfg.opt_batch, cfg.max_batch, say)
+    else:
+        summary["plans"] = ("not built: TensorRT is not installed here; on the device run "
+                            "`tbedge build-engine BUNDLE --target tensorrt` to add them")
 
 
 def build_plans_for(stage: Path, models: dict, precision: str, opt_batch: int, max_batch: int,
@@ -510,9 +592,9 @@ def build_engine(model: Path | None, default: bool, precision: str, target: str,
         lungs, cls = Path(model) / "lungs.keras", Path(model) / "classifier.keras"
     else:
         raise BuildError(f"{model} is neither a bundle nor a folder with lungs.keras and classifier.keras")
-    return build_bundle(lungs, cls, out, precision, target, calibration=calibration,
-                        threshold=_threshold_file(Path(cls)), data_root=data_root, threads=threads,
-                        allow_gate_failure=allow_gate_failure, progress=progress)
+    config = BuildConfig(precision, target, calibration=calibration, threshold=_threshold_file(Path(cls)),
+                         data_root=data_root, threads=threads, allow_gate_failure=allow_gate_failure)
+    return build_bundle(lungs, cls, out, config=config, progress=progress)
 
 
 def calibration_set(lungs_model: Path | None, out: Path, data_root: Path | None, classifier_size: int,

@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,7 @@ from ..runtime.bundle import model_sidecar
 from ..schema import CLASS_NAMES
 from . import metrics as M
 from .augment import film_look, mixup, photometric, random_affine, warp
+from .classifier_config import EXPERIMENTAL_KEYS, Experimental, TrainConfig, run_config  # noqa: F401 (re-exported)
 from .crops import Crops, build_crop_cache, load_crops
 from .predict import model_predictor
 
@@ -199,48 +201,63 @@ def train_subset(idx: np.ndarray, site: np.ndarray, label: np.ndarray, fraction:
     return np.asarray(idx)[np.sort(np.concatenate(keep))]
 
 
-def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | Path = "runs/classifier",
-                     seed: int = 0, size: int | None = None, epochs: int = 60,
-                     budget_minutes: float | None = None, fold: str | None = None, batch: int = 32,
-                     lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 12,
-                     label_smoothing: float = 0.05, aug_strength: float = 1.0, split_seed: int = 0,
-                     max_steps_per_epoch: int | None = None, run_eagerly: bool = False,
-                     prep: str = "box", nih_weight: float = 1.0, nih_normal_weight: float | None = None,
-                     nih_not_tb: str = "none", nih_aug_strength: float | None = None,
-                     nih_adversary: float = 0.0, lung_power: float = 1.0,
-                     average_from: float | None = None, mixup_alpha: float = 0.0,
-                     train_fraction: float = 1.0, sets: str | tuple = "core", film_look_p: float = 0.0,
-                     log: Callable[[str], None] = print) -> dict:
-    """Train ``arch`` on the crops in ``crops_npz``; resumable (call again with the same ``out``).
+@dataclass
+class _Data:
+    """The arrays of one training run: raw training crops (augmented, then prepared, per batch), the
+    prepared selection crops, targets and loss weights."""
 
-    ``fold`` None = internal split (select on ``val``); a site name = LOSO fold (select on that
-    site's ``site_val``; for it, use crops from the lung model trained without that site).
-    ``budget_minutes`` caps train+eval wall time over all sessions: an epoch that would overrun
-    it is not started, and the cosine learning rate follows max(epoch, time) progress, so a
-    compute-matched run still anneals. Class balance by per-sample weights.
-    ``run_eagerly`` skips graph tracing (~20 s per session on 2 CPU cores): only for smoke tests.
-    ``prep``: the crop preparation (``lungs.CROP_PREPS``; masked preps add the lung-weight channel
-    and the lung-pooled head). ``nih_weight`` scales the loss weight of NIH films;
-    ``nih_normal_weight`` (default: ``nih_weight``) that of NIH no-finding films alone.
-    ``nih_not_tb`` (``NIH_NOT_TB``): which NIH films are scored by their class likelihood given
-    "not TB" (``classifier_models.NotTbCrossentropy``): they teach normal vs other, never "not TB".
-    ``nih_aug_strength`` (default: ``aug_strength``): the photometric strength of NIH films
-    (``aug_strengths``). ``nih_adversary`` > 0: train with a source adversary of that strength on
-    normal films (``classifier_models.with_source_adversary``, ``source_targets``); the saved
-    ``best.keras`` is the classifier alone. ``average_from`` (a fraction of ``epochs``): also
-    average the weights of every epoch from there on (``averaging.WeightAverage``), log the
-    averaged model's selection AUC as ``avg_auc`` and keep its best as ``avg_best.keras``; the
-    plain model and its selection are unchanged, so one run measures both. ``mixup_alpha`` > 0: mix each
-    training batch (``augment.mixup``: images, targets and loss weights, lam ~ Beta(alpha, alpha)).
-    ``train_fraction`` in (0, 1): train on that share of the training films only (``train_subset``, for a
-    learning curve); selection and test parts are unchanged. ``sets`` ("core" | "all" | set names,
-    ``datasets.SET_DIRS``): the data sets of the cache to use; "core" (Shenzhen, Montgomery, NIH) is
-    the shipped recipe whatever else the cache holds, "all" adds tb_more (a TB site: its own fold)
-    and covid ("other").
-    """
+    crops: Crops
+    size: int
+    sel_name: str
+    tr: np.ndarray
+    sel: np.ndarray
+    xtr: np.ndarray
+    ytr: np.ndarray
+    xse: np.ndarray
+    yse: np.ndarray
+    extra: tuple[np.ndarray, np.ndarray] | None  # (x, y) of the other sites' val in a fold: logged only
+    strength: np.ndarray
+    wtr: np.ndarray
+    wse: np.ndarray
+    ytrue: np.ndarray
+
+
+def _load_data(crops_npz: str | Path, cfg: TrainConfig, log: Callable[[str], None]) -> _Data:
+    """Read the crop cache and make the training and selection arrays (never the calib or test parts)."""
+    x = cfg.experimental
+    crops = load_crops(crops_npz)
+    size = cfg.size or crops.size
+    sets = cfg.sets
+    if crops.missing_sets(sets):  # asked for a set the cache never cropped: stop rather than train without it
+        raise ValueError(f"this crop cache has no {crops.missing_sets(sets)} films: rebuild it with "
+                         "`tbedge train crops --sets all`")
+    if crops.left_out(sets):
+        log(f"sets {sets}: {crops.left_out(sets)} films of this cache left out")
+    parts = crops.parts(cfg.fold, seed=cfg.split_seed, sets=sets)
+    sel_name = "site_val" if cfg.fold else "val"
+    tr, sel = parts["train"], parts[sel_name]
+    if cfg.train_fraction != 1.0:  # train_subset refuses a share outside (0, 1]
+        tr = train_subset(tr, crops.site[tr], crops.label[tr], cfg.train_fraction, cfg.seed)
+    xtr, ytr = raw_arrays(crops, tr, size, cfg.prep), class_index(crops.label[tr])  # augmented, then prepared
+    xse, yse = crop_arrays(crops, sel, size, cfg.prep), class_index(crops.label[sel])
+    extra = None
+    if cfg.fold:  # in-distribution val of the other sites: logged only, never selects
+        extra = (crop_arrays(crops, parts["val"], size, cfg.prep), class_index(crops.label[parts["val"]]))
+    strength = aug_strengths(crops.site[tr], cfg.aug_strength, x.nih_aug_strength)
+    wtr = balanced_weights(ytr)
+    wtr = nih_weights(wtr, crops.site[tr], ytr, cfg.nih_weight, x.nih_normal_weight)
+    wse = balanced_weights(yse)
+    ytrue = np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr]
+    if x.nih_not_tb != "none":  # a 4th column flags the rows the loss scores given "not TB"
+        ytrue = np.concatenate([ytrue, not_tb_flags(crops.site[tr], ytr, x.nih_not_tb)[:, None]], axis=1)
+    return _Data(crops, size, sel_name, tr, sel, xtr, ytr, xse, yse, extra, strength, wtr, wse, ytrue)
+
+
+def _compile_model(arch: str, d: _Data, cfg: TrainConfig) -> tuple:
+    """(model, describe(model), targets, weights, shipped): the compiled training model, its per-output
+    targets and loss weights (probabilities, cam[, source]) and what ``best.keras`` keeps of it."""
     import keras
 
-    from .averaging import WeightAverage
     from .classifier_models import (
         NotTbCrossentropy,
         build_classifier,
@@ -248,147 +265,141 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         with_source_adversary,
         without_source_adversary,
     )
-    from .loop import run_epochs, save_model
 
-    if mixup_alpha > 0 and (nih_not_tb != "none" or nih_adversary):
-        raise ValueError("mixup blends targets; it is not defined with --nih-not-tb or --nih-adversary")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    crops = load_crops(crops_npz)
-    size = size or crops.size
-    if crops.missing_sets(sets):  # asked for a set the cache never cropped: stop rather than train without it
-        raise ValueError(f"this crop cache has no {crops.missing_sets(sets)} films: rebuild it with "
-                         "`tbedge train crops --sets all`")
-    if crops.left_out(sets):
-        log(f"sets {sets}: {crops.left_out(sets)} films of this cache left out")
-    parts = crops.parts(fold, seed=split_seed, sets=sets)
-    sel_name = "site_val" if fold else "val"
-    tr, sel = parts["train"], parts[sel_name]
-    if train_fraction != 1.0:  # train_subset refuses a share outside (0, 1]
-        tr = train_subset(tr, crops.site[tr], crops.label[tr], train_fraction, seed)
-    xtr, ytr = raw_arrays(crops, tr, size, prep), class_index(crops.label[tr])  # augmented, then prepared
-    xse, yse = crop_arrays(crops, sel, size, prep), class_index(crops.label[sel])
-    extra = None
-    if fold:  # in-distribution val of the other sites: logged only, never selects
-        extra = (crop_arrays(crops, parts["val"], size, prep), class_index(crops.label[parts["val"]]))
-    strength = aug_strengths(crops.site[tr], aug_strength, nih_aug_strength)
-    wtr = balanced_weights(ytr)
-    wtr = nih_weights(wtr, crops.site[tr], ytr, nih_weight, nih_normal_weight)
-    wse = balanced_weights(yse)
-    ytrue = np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr]
-    if nih_not_tb != "none":  # a 4th column flags the rows the loss scores given "not TB"
-        ytrue = np.concatenate([ytrue, not_tb_flags(crops.site[tr], ytr, nih_not_tb)[:, None]], axis=1)
-    log(f"classifier {arch}@{size}: train {len(tr)} {np.bincount(ytr, minlength=3).tolist()}, "
-        f"{sel_name} {len(sel)} {np.bincount(yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
-
-    model = build_classifier(arch, size, lung_channel=L.input_channels(prep) == 2, lung_power=lung_power)
+    x = cfg.experimental
+    model = build_classifier(arch, d.size, lung_channel=L.input_channels(cfg.prep) == 2, lung_power=cfg.lung_power)
     info = describe(model)
-    loss = [NotTbCrossentropy(label_smoothing) if nih_not_tb != "none"
-            else keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), None]
-    targets, weights = [ytrue, None], [wtr, None]  # per output: probabilities, cam[, source]
-    if nih_adversary:
-        src, wsrc = source_targets(crops.site[tr], ytr)
-        model = with_source_adversary(model, nih_adversary)
+    loss = [NotTbCrossentropy(cfg.label_smoothing) if x.nih_not_tb != "none"
+            else keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing), None]
+    targets, weights = [d.ytrue, None], [d.wtr, None]  # per output: probabilities, cam[, source]
+    if x.nih_adversary:
+        src, wsrc = source_targets(d.crops.site[d.tr], d.ytr)
+        model = with_source_adversary(model, x.nih_adversary)
         loss.append(keras.losses.BinaryCrossentropy(from_logits=True))
         targets.append(src)
         weights.append(wsrc)
-    model.compile(keras.optimizers.AdamW(lr, weight_decay=weight_decay), loss=loss, run_eagerly=run_eagerly)
-    steps = int(np.ceil(len(xtr) / batch))
-    if max_steps_per_epoch:
-        steps = min(steps, max_steps_per_epoch)
-    budget_s = budget_minutes * 60 if budget_minutes else None
-    state_path = out / "state.json"
-    clock = {"t0": time.time(), "prior": 0.0}
+    model.compile(keras.optimizers.AdamW(cfg.lr, weight_decay=cfg.weight_decay), loss=loss,
+                  run_eagerly=cfg.run_eagerly)
+    shipped = without_source_adversary if x.nih_adversary else None  # what best.keras / avg_best.keras hold
+    return model, info, targets, weights, shipped
 
-    def history() -> list[dict]:
-        return json.loads(state_path.read_text())["history"] if state_path.exists() else []
+
+class _Clock:
+    """Wall-clock time over all sessions of a run (the epochs' ``seconds`` in state.json + this one)."""
+
+    def __init__(self, out: Path, budget_minutes: float | None):
+        self.state_path = out / "state.json"
+        self.budget_s = budget_minutes * 60 if budget_minutes else None
+        self.t0, self.prior = time.time(), 0.0
+
+    def history(self) -> list[dict]:
+        return json.loads(self.state_path.read_text())["history"] if self.state_path.exists() else []
+
+    def start_epoch(self) -> None:
+        """Restart the count; raise ``_BudgetSpent`` when another epoch like the last would overrun."""
+        hist = self.history()
+        self.prior, self.t0 = sum(r["seconds"] for r in hist), time.time()
+        if self.budget_s and hist and self.prior + hist[-1]["seconds"] > self.budget_s:
+            raise _BudgetSpent
+
+    def progress(self, epochs: int) -> float:
+        """max(epoch, time) progress after the epoch now ending (for the learning rate)."""
+        done = len(self.history()) + 1
+        spent = self.prior + time.time() - self.t0
+        return max(done / epochs, spent / self.budget_s if self.budget_s else 0.0)
+
+
+def _augmented(rng: np.random.Generator, raw: np.ndarray, size: int, strength: float, film_look_p: float,
+               prep: str) -> np.ndarray:
+    """One training input: geometric + film-look + photometric augmentation of a raw uint8 crop (the
+    lung weights move with it, untouched otherwise), then prepared exactly as at runtime."""
+    img = raw.astype(np.float32) / 255.0  # (S, S, C): raw crop [+ lung weights]
+    img = warp(img, random_affine(rng, (size, size), rot=5.0, shift=0.04, scale=(0.93, 1.07)))
+    img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
+    img[..., 0] = photometric(rng, film_look(rng, img[..., 0], film_look_p), strength)  # not the mask
+    return prepare(img, prep)  # then masked / equalised exactly as at runtime
+
+
+def _batch_maker(d: _Data, cfg: TrainConfig, targets: list, weights: list, steps: int, clock: _Clock):
+    """``batches(epoch)`` for ``loop.run_epochs``: seeded by (seed, epoch), so a resume is reproducible."""
+    mixup_alpha = cfg.experimental.mixup_alpha
 
     def batches(epoch):
-        hist = history()
-        clock["prior"], clock["t0"] = sum(r["seconds"] for r in hist), time.time()
-        if budget_s and hist and clock["prior"] + hist[-1]["seconds"] > budget_s:
-            raise _BudgetSpent
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(xtr))[:steps * batch]
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            bx = np.empty((len(idx), *xtr.shape[1:]), np.float32)
+        clock.start_epoch()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = rng.permutation(len(d.xtr))[:steps * cfg.batch]
+        for i in range(0, len(order), cfg.batch):
+            idx = order[i:i + cfg.batch]
+            bx = np.empty((len(idx), *d.xtr.shape[1:]), np.float32)
             for j, k in enumerate(idx):
-                img = xtr[k].astype(np.float32) / 255.0  # (S, S, C): raw crop [+ lung weights]
-                img = warp(img, random_affine(rng, (size, size), rot=5.0, shift=0.04, scale=(0.93, 1.07)))
-                img = img.reshape(size, size, -1)  # OpenCV drops a single channel axis
-                img[..., 0] = photometric(rng, film_look(rng, img[..., 0], film_look_p), strength[k])  # not the mask
-                bx[j] = prepare(img, prep)  # then masked / equalised exactly as at runtime
+                bx[j] = _augmented(rng, d.xtr[k], d.size, d.strength[k], cfg.film_look_p, cfg.prep)
             ys = [None if t is None else t[idx] for t in targets]
             ws = [None if w is None else w[idx] for w in weights]
             if mixup_alpha > 0:  # after preparing, so masked crops blend as the network sees them
                 bx, ys[0], ws[0] = mixup(rng, bx, ys[0], ws[0], mixup_alpha)
             yield bx, tuple(ys), tuple(ws)
 
-    shipped = without_source_adversary if nih_adversary else None  # what best.keras / avg_best.keras hold
-    avg = WeightAverage(out / "avg.npz", int(average_from * epochs)) if average_from is not None else None
-    averaged = {"model": None, "x_bn": None}
+    return batches
 
-    def evaluate_average(m, res):
-        hist = history()
-        if not avg.update(m, len(hist)):
+
+class _Averaged:
+    """``--average-from``: the weight average of the epochs from ``average_from * epochs`` on, scored on
+    the selection part each epoch (``avg_auc``); its best is kept as ``avg_best.keras``."""
+
+    def __init__(self, out: Path, d: _Data, cfg: TrainConfig, clock: _Clock, shipped):
+        from .averaging import WeightAverage
+
+        self.out, self.d, self.cfg, self.clock, self.shipped = out, d, cfg, clock, shipped
+        self.avg = WeightAverage(out / "avg.npz", int(cfg.experimental.average_from * cfg.epochs))
+        self.model, self.x_bn = None, None
+
+    def evaluate(self, m, res: dict) -> None:
+        import keras
+
+        from .loop import save_model
+
+        hist = self.clock.history()
+        if not self.avg.update(m, len(hist)):
             res["avg_auc"] = float("nan")
             return
-        if averaged["model"] is None:
-            averaged["model"] = keras.models.clone_model(m)
-            averaged["x_bn"] = crop_arrays(crops, tr, size, prep)  # un-augmented, as at inference
-        am = averaged["model"]
-        avg.apply(am, averaged["x_bn"])
-        res["avg_auc"] = _tb_auc(yse, predict_probabilities(am, xse))
+        if self.model is None:
+            self.model = keras.models.clone_model(m)
+            self.x_bn = crop_arrays(self.d.crops, self.d.tr, self.d.size, self.cfg.prep)  # un-augmented
+        self.avg.apply(self.model, self.x_bn)
+        res["avg_auc"] = _tb_auc(self.d.yse, predict_probabilities(self.model, self.d.xse))
         top = best_averaged(hist)
         if top is None or res["avg_auc"] > top["avg_auc"]:
-            save_model(shipped(am) if shipped else am, out / "avg_best.keras")
+            save_model(self.shipped(self.model) if self.shipped else self.model, self.out / "avg_best.keras")
+
+
+def _evaluator(d: _Data, cfg: TrainConfig, clock: _Clock, averaged: _Averaged | None):
+    """``evaluate(model)`` for ``loop.run_epochs``: selection metrics, then the next epoch's learning rate."""
 
     def evaluate(m):
-        p = predict_probabilities(m, xse)
-        ce = -np.log(np.clip(p[np.arange(len(yse)), yse], 1e-7, 1))
-        res = {"sel_auc": _tb_auc(yse, p), "sel_loss": float(np.sum(wse * ce) / np.sum(wse)),
-               "sel_bal_acc": float(np.mean([np.mean(p[yse == c].argmax(1) == c) for c in np.unique(yse)]))}
-        if extra is not None:
-            res["val_auc"] = _tb_auc(extra[1], predict_probabilities(m, extra[0]))
-        if avg is not None:
-            evaluate_average(m, res)
+        p = predict_probabilities(m, d.xse)
+        ce = -np.log(np.clip(p[np.arange(len(d.yse)), d.yse], 1e-7, 1))
+        res = {"sel_auc": _tb_auc(d.yse, p), "sel_loss": float(np.sum(d.wse * ce) / np.sum(d.wse)),
+               "sel_bal_acc": float(np.mean([np.mean(p[d.yse == c].argmax(1) == c) for c in np.unique(d.yse)]))}
+        if d.extra is not None:
+            res["val_auc"] = _tb_auc(d.extra[1], predict_probabilities(m, d.extra[0]))
+        if averaged is not None:
+            averaged.evaluate(m, res)
         # Learning rate for the next epoch, from epoch and wall-clock progress.
-        done = len(history()) + 1
-        spent = clock["prior"] + time.time() - clock["t0"]
-        progress = max(done / epochs, spent / budget_s if budget_s else 0.0)
-        m.optimizer.learning_rate.assign(cosine_lr(lr, progress))
+        m.optimizer.learning_rate.assign(cosine_lr(cfg.lr, clock.progress(cfg.epochs)))
         res["lr_next"] = float(m.optimizer.learning_rate)
         return res
 
-    config = {"arch": arch, "size": size, "seed": seed, "fold": fold, "selection": sel_name, "epochs": epochs,
-              "budget_minutes": budget_minutes, "batch": batch, "lr": lr, "weight_decay": weight_decay,
-              "label_smoothing": label_smoothing, "aug_strength": aug_strength, "split_seed": split_seed,
-              "prep": prep, "nih_weight": nih_weight, "nih_normal_weight": nih_normal_weight,
-              "nih_not_tb": nih_not_tb, "nih_aug_strength": nih_aug_strength, "nih_adversary": nih_adversary,
-              "film_look_p": film_look_p,
-              "lung_power": lung_power, "average_from": average_from, "mixup_alpha": mixup_alpha,
-              "train_fraction": train_fraction, "sets": sets if isinstance(sets, str) else list(sets),
-              "crops": str(crops_npz), "crops_meta": crops.meta,
-              "n_train": int(len(tr)), "n_select": int(len(sel)), "class_names": list(CLASS_NAMES), **info}
-    atomic_write_text(out / "config.json", json.dumps(config, indent=1))
-    stopped = "epochs"
-    try:
-        state = run_epochs(model, out, epochs, batches, steps, evaluate, "sel_auc", patience, log,
-                           best_of=shipped)
-        if state["epoch"] < epochs - 1:
-            stopped = "early_stopping"
-    except _BudgetSpent:
-        state, stopped = json.loads(state_path.read_text()), "budget"
-        log(f"budget of {budget_minutes} min reached after epoch {state['epoch'] + 1}")
+    return evaluate
+
+
+def _finish(out: Path, state: dict, stopped: str, config: dict, arch: str, size: int, cfg: TrainConfig) -> dict:
+    """Record how the run stopped, plot its curves and write result.json (config + outcome)."""
     state["stopped"] = stopped
     if state["history"]:
         plot_curves(state["history"], out / "curves.png",
-                    f"{arch}@{size} fold={fold or 'internal'} seed={seed} "
+                    f"{arch}@{size} fold={cfg.fold or 'internal'} seed={cfg.seed} "
                     f"(best epoch {state['best_epoch'] + 1})")
-        train_s = sum(r["seconds"] for r in state["history"])
-        state["train_seconds"] = train_s
+        state["train_seconds"] = sum(r["seconds"] for r in state["history"])
     result = {**config, "best_epoch": state["best_epoch"], "best_sel_auc": state["best"], "stopped": stopped,
               "epochs_done": state["epoch"] + 1}
     top = best_averaged(state["history"])
@@ -396,6 +407,54 @@ def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | P
         result.update(avg_best_epoch=top["epoch"], avg_best_sel_auc=top["avg_auc"])
     atomic_write_text(out / "result.json", json.dumps(result, indent=1))
     return state
+
+
+def train_classifier(crops_npz: str | Path, arch: str = "resnet_s", out: str | Path = "runs/classifier",
+                     config: TrainConfig | None = None, *, log: Callable[[str], None] = print,
+                     **options) -> dict:
+    """Train ``arch`` on the crops in ``crops_npz`` into ``out``; resumable (call again with the same
+    ``out``). Returns the run's state (history, best epoch, how it stopped).
+
+    ``config``: how to train (``TrainConfig``; the rejected study levers under its ``experimental``).
+    ``options``: flat keyword options as before the dataclass (``seed=1, nih_adversary=0.5``...),
+    applied on top of ``config`` (``TrainConfig.with_options``). Selection never peeks: an internal run
+    selects its epoch on ``val``, a fold on the held site's ``site_val``. Class balance by per-sample
+    weights. Writes config.json (flat, keys as always), state.json, log.csv, best/last.keras,
+    curves.png and result.json.
+    """
+    import keras
+
+    from .loop import run_epochs
+
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, not {type(config).__name__}")
+    cfg = (config or TrainConfig()).with_options(**options)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    d = _load_data(crops_npz, cfg, log)
+    log(f"classifier {arch}@{d.size}: train {len(d.tr)} {np.bincount(d.ytr, minlength=3).tolist()}, "
+        f"{d.sel_name} {len(d.sel)} {np.bincount(d.yse, minlength=3).tolist()} (classes {CLASS_NAMES})")
+    model, info, targets, weights, shipped = _compile_model(arch, d, cfg)
+    steps = int(np.ceil(len(d.xtr) / cfg.batch))
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    clock = _Clock(out, cfg.budget_minutes)
+    averaged = _Averaged(out, d, cfg, clock, shipped) if cfg.experimental.average_from is not None else None
+    config_json = {**run_config(cfg, arch, d.size, d.sel_name), "crops": str(crops_npz),
+                   "crops_meta": d.crops.meta, "n_train": int(len(d.tr)), "n_select": int(len(d.sel)),
+                   "class_names": list(CLASS_NAMES), **info}
+    atomic_write_text(out / "config.json", json.dumps(config_json, indent=1))
+    stopped = "epochs"
+    try:
+        state = run_epochs(model, out, cfg.epochs, _batch_maker(d, cfg, targets, weights, steps, clock), steps,
+                           _evaluator(d, cfg, clock, averaged), "sel_auc", cfg.patience, log, best_of=shipped)
+        if state["epoch"] < cfg.epochs - 1:
+            stopped = "early_stopping"
+    except _BudgetSpent:
+        state, stopped = json.loads(clock.state_path.read_text()), "budget"
+        log(f"budget of {cfg.budget_minutes} min reached after epoch {state['epoch'] + 1}")
+    return _finish(out, state, stopped, config_json, arch, d.size, cfg)
 
 
 # -- speed --------------------------------------------------------------------------------

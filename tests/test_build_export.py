@@ -9,8 +9,8 @@ import pytest
 def test_export_parity_tiny_models(tf_keras, tmp_path, data_root):
     import onnx
 
-    from tbedge.build.bundle_writer import _parity_inputs, io_spec
     from tbedge.build.export import ExportParityError, export_onnx, parity
+    from tbedge.build.sources import _parity_inputs, io_spec
     from tbedge.build.tiny import tiny_classifier, tiny_lungs
 
     for role, model in (("lungs", tiny_lungs()), ("classifier", tiny_classifier())):

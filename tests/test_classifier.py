@@ -194,7 +194,8 @@ CONFIG_KEYS = ["arch", "size", "seed", "fold", "selection", "epochs", "budget_mi
 def test_training_smoke_resumes(tiny_crops, tmp_path):
     from dataclasses import replace
 
-    from tbedge.train.classifier import TrainConfig, cosine_lr, evaluate_classifier, train_classifier
+    from tbedge.train.classifier import TrainConfig, cosine_lr, train_classifier
+    from tbedge.train.classifier_eval import evaluate_classifier
 
     out = tmp_path / "run"
     cfg = TrainConfig(seed=0, batch=4, max_steps_per_epoch=2, run_eagerly=True, epochs=1)
@@ -219,7 +220,8 @@ def test_training_smoke_resumes(tiny_crops, tmp_path):
 
 def test_masked_training_and_evaluation_use_the_same_inputs(tiny_crops, tmp_path):
     """prep masked_eq: a 2-channel model is trained, and evaluation reads the prep from its run."""
-    from tbedge.train.classifier import crop_arrays, evaluate_classifier, train_classifier
+    from tbedge.train.classifier import crop_arrays, train_classifier
+    from tbedge.train.classifier_eval import evaluate_classifier
     from tbedge.train.crops import load_crops
     from tbedge.train.predict import load_keras
 

@@ -46,7 +46,7 @@ class NaiveKerasPipeline:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
         from ..runtime.bundle import model_sidecar
-        from .export import load_keras
+        from ..build.export import load_keras
 
         kd = Path(keras_dir)
         self.lungs = load_keras(kd / "lungs.keras")

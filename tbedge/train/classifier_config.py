@@ -129,7 +129,7 @@ def _experimental(options: Mapping) -> Experimental:
 
 def run_config(cfg: TrainConfig, arch: str, size: int, selection: str) -> dict:
     """The options part of a run's config.json: flat, the keys and order it always had (readers:
-    ``classifier.model_prep``, scripts/ship.sh, scripts/lung_power.py, scripts/swa_gains.py...)."""
+    ``classifier_eval.model_prep``, tools/ship.sh, tools/lung_power.py, research/swa_gains.py...)."""
     x = cfg.experimental
     return {"arch": arch, "size": size, "seed": cfg.seed, "fold": cfg.fold, "selection": selection,
             "epochs": cfg.epochs, "budget_minutes": cfg.budget_minutes, "batch": cfg.batch, "lr": cfg.lr,

@@ -45,8 +45,8 @@ class NaiveKerasPipeline:
         if threads:  # must precede the first TensorFlow op
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
-        from ..runtime.bundle import model_sidecar
         from ..build.export import load_keras
+        from ..runtime.bundle import model_sidecar
 
         kd = Path(keras_dir)
         self.lungs = load_keras(kd / "lungs.keras")

@@ -75,9 +75,9 @@ def test_layout_rule_is_symmetric(img):
     g, neg = orientation.layout(img, 1 / 255), orientation.layout(255 - img, 1 / 255)
     up = orientation.layout(np.ascontiguousarray(img[::-1]), 1 / 255)
     assume(g.any() and neg.any() and up.any())  # near-flat images sit on the flatness cut-off: rounding decides
-    np.testing.assert_allclose(neg, -g, atol=1e-4)  # float32 rounding
+    np.testing.assert_allclose(neg, -g, atol=2e-3)  # float32 rounding, amplified by normalising a near-flat grid
     if min(img.shape) >= orientation.THUMB:  # area averaging (shrinking) is flip-symmetric; upscaling is not
-        np.testing.assert_allclose(up, g[::-1], atol=1e-4)
+        np.testing.assert_allclose(up, g[::-1], atol=2e-3)
     p = orientation.classify_grid(g).probs
     np.testing.assert_allclose(orientation.classify_grid(-g).probs, [p[1], p[0], p[3], p[2]], atol=1e-5)
     np.testing.assert_allclose(orientation.classify_grid(g[::-1]).probs, [p[2], p[3], p[0], p[1]], atol=1e-5)

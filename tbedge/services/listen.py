@@ -69,7 +69,7 @@ class Listener(Watcher):
         ae = build_ae(lc.ae_title, receiver, allowed_aes=lc.allowed_aes, max_associations=lc.max_associations,
                       max_pdu=lc.max_pdu, timeout_s=lc.timeout_s)
         self.server = ae.start_server((lc.host, lc.port), block=False,
-                                      evt_handlers=handlers(receiver, lc.allowed_aes))
+                                      evt_handlers=handlers(receiver))
         log.info("listening as %s on %s:%d", lc.ae_title, lc.host, lc.port)
 
     def _close(self) -> None:

@@ -211,15 +211,15 @@ def build_ae(ae_title: str, receiver: Receiver, *, allowed_aes: list[str] | None
     return ae
 
 
-def handlers(receiver: Receiver, allowed_aes: list[str] | None) -> list:
+def handlers(receiver: Receiver) -> list:
     from pynetdicom import evt
 
-    def on_requested(event) -> None:
-        a = event.assoc.requestor
-        if allowed_aes and a.ae_title not in allowed_aes:
-            log.warning("association from %s refused: calling AE title not allowed", peer(a))
-        else:
-            log.info("association requested by %s", peer(a))
+    def on_rejected(event) -> None:
+        log.warning("association from %s rejected (AE title not allowed, or too many associations)",
+                    peer(event.assoc.requestor))
+
+    def on_aborted(event) -> None:
+        log.warning("association with %s aborted", peer(event.assoc.requestor))
 
     return [(evt.EVT_C_ECHO, receiver.handle_echo), (evt.EVT_C_STORE, receiver.handle_store),
-            (evt.EVT_REQUESTED, on_requested)]
+            (evt.EVT_REJECTED, on_rejected), (evt.EVT_ABORTED, on_aborted)]

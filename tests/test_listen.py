@@ -162,6 +162,7 @@ def test_orthanc_sends_films_and_gets_sr_and_sc_in_the_study(data_root, listener
     fs = films(data_root, tmp_path / "src", 4)
     ids = [orthanc.upload(p) for p in fs[:3]]
     orthanc.send_to_tbedge(ids)
+    orthanc.upload(fs[3])  # in the PACS too, but it reaches tbedge from dcmtk's storescu
     assert storescu(lis.port, [fs[3]]).returncode == 0
     assert storescu(lis.port, [fs[0]]).returncode == 0  # the same instance again: scored once
     for p in fs:

@@ -20,7 +20,8 @@ LAYERS = {
     "datasets": 6, "schema": 6, "fsio": 6, "inputs": 6, "errors": 7, "": 8,  # "" = tbedge/__init__.py
 }
 # The services proper: none may import another (shared code goes down a layer).
-SERVICES = {"tbedge.services.screen", "tbedge.services.segment", "tbedge.services.watch"}
+SERVICES = {"tbedge.services.screen", "tbedge.services.segment", "tbedge.services.watch",
+            "tbedge.services.listen"}
 
 
 def _module(p: Path) -> str:

@@ -14,6 +14,7 @@ from tbedge import schema
 from tbedge.build.bundle_copy import copy_bundle
 from tbedge.runtime.bundle import default_bundle_path
 from tbedge.services import watch as W
+from tbedge.services import watch_runner as WR
 from tbedge.services.refer_rate import STATE_FILE, ReferRateCheck, counted
 
 
@@ -87,11 +88,11 @@ def test_watch_warns_when_the_threshold_cannot_fit(data_root, tmp_path, monkeypa
     bundle = _with_threshold(tmp_path / "bundle", value)
     writes = []  # the state file is written on a change of state and at close, not per film
 
-    def spy(path, data, _real=W.atomic_write_bytes):
+    def spy(path, data, _real=WR.atomic_write_bytes):
         writes.append(Path(path).name)
         return _real(path, data)
 
-    monkeypatch.setattr(W, "atomic_write_bytes", spy)
+    monkeypatch.setattr(WR, "atomic_write_bytes", spy)
     incoming, out = tmp_path / "in", tmp_path / "out"
     incoming.mkdir()
     films = real_images(data_root, 9)

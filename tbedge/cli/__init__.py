@@ -15,7 +15,7 @@ import typer
 from ..errors import TbedgeError
 from .common import _state, app, console
 
-for _commands in ("run", "build", "train"):  # importing a module registers its commands, in --help's order
+for _commands in ("run", "listen", "build", "train"):  # importing a module registers its commands, in --help's order
     importlib.import_module(f"{__name__}.{_commands}")
 
 # OS errors about the paths a user gave are theirs to fix too.

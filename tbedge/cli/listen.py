@@ -29,6 +29,8 @@ def listen(
     threads: int = THREADS,
     retention_days: int = typer.Option(30, "--retention-days", help="Keep processed films N days (0 = forever)."),
     min_free_mb: float = typer.Option(500.0, "--min-free-mb", help="Pause scoring below this free space."),
+    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="Tries (process deaths included) before "
+                                     "a film that never finishes is quarantined as an error."),
     strict_engine: bool = STRICT,
 ):
     """Receive chest films by DICOM C-STORE and score each once (the journal of `tbedge watch`).
@@ -42,4 +44,4 @@ def listen(
                         max_associations=max_associations, max_pdu=max_pdu, max_dataset_mb=max_dataset_mb,
                         send_to=send_to, calling_ae=calling_ae, retry_max_s=retry_max_s)
     raise typer.Exit(run_listen(out, lcfg, engine, backend, batch, threads, retention_days or None, min_free_mb,
-                                strict_engine=strict_engine))
+                                max_attempts=max_attempts, strict_engine=strict_engine))

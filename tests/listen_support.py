@@ -108,7 +108,12 @@ class Listener:
 
     def results(self) -> list[dict]:
         d = self.out / "results"
-        return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
+        out = []
+        # A dot name is a result still being written (fsio's temp name): not a result yet.
+        for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+            if not p.name.startswith("."):
+                out.append(json.loads(p.read_text()))
+        return out
 
 
 class Orthanc:

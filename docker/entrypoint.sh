@@ -2,11 +2,24 @@
 # tbedge container entrypoint (Jetson / JetPack 6).
 # 1. Make sure /engines holds TensorRT plans built on *this* device with *this* TensorRT: plans are
 #    specific to both, so they are built on first start (minutes) and rebuilt when either changes.
-# 2. Run the folder watcher. Any arguments replace the default command (e.g. `tbedge bench ...`).
+# 2. Run the service: the folder watcher (TBEDGE_MODE=watch, the default) or the DICOM node
+#    (TBEDGE_MODE=listen: C-STORE SCP on TBEDGE_PORT as TBEDGE_AE_TITLE; results sent to TBEDGE_SEND_TO,
+#    HOST:PORT:AE, when set; docs/dicom.md). Any arguments replace the default command (e.g. `tbedge bench ...`).
 set -eu
 
 ENGINES="${TBEDGE_ENGINES:-/engines/default}"
 BACKEND="${TBEDGE_BACKEND:-tensorrt}"
+MODE="${TBEDGE_MODE:-watch}"
+
+# serve ENGINE_ARGS...: exec the chosen service with the engine arguments given.
+serve() {
+    if [ "$MODE" = "listen" ]; then
+        # shellcheck disable=SC2086  # TBEDGE_ALLOW_AE is a list of --allow-ae options, split on purpose
+        exec tbedge listen --out /results --ae-title "${TBEDGE_AE_TITLE:-TBEDGE}" --port "${TBEDGE_PORT:-11112}" \
+            ${TBEDGE_SEND_TO:+--send-to "$TBEDGE_SEND_TO"} ${TBEDGE_ALLOW_AE:-} "$@"
+    fi
+    exec tbedge watch /incoming --out /results "$@"
+}
 
 log() { printf '%s tbedge-entrypoint: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 
@@ -35,13 +48,13 @@ if [ "$BACKEND" = "tensorrt" ]; then
             rm -rf "$partial"
             if [ "${TBEDGE_CPU_FALLBACK:-1}" = "1" ]; then
                 log "WARNING: TensorRT build failed; screening on the CPU (ONNX Runtime) with the shipped bundle"
-                exec tbedge watch /incoming --out /results --backend onnxruntime
+                serve --backend onnxruntime
             fi
             log "TensorRT build failed and TBEDGE_CPU_FALLBACK=0: exiting"
             exit 1
         fi
     fi
-    exec tbedge watch /incoming --out /results --engine "$ENGINES" --backend tensorrt
+    serve --engine "$ENGINES" --backend tensorrt
 fi
 
-exec tbedge watch /incoming --out /results --backend "$BACKEND"
+serve --backend "$BACKEND"

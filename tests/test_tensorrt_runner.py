@@ -271,3 +271,24 @@ def test_shell_scripts_parse(script):
     import subprocess
 
     subprocess.run(["sh", "-n", str(REPO / script)], check=True)
+
+
+@pytest.mark.parametrize("mode, expect", [
+    ("watch", "watch /incoming --out /results --backend onnxruntime"),
+    ("listen", "listen --out /results --ae-title XRAY1 --port 4104 --send-to pacs:104:PACS --allow-ae CR1 "
+               "--backend onnxruntime"),
+])
+def test_entrypoint_runs_the_chosen_service(tmp_path, mode, expect):
+    """TBEDGE_MODE picks the service the container runs (issue 23); the command it would exec is recorded
+    by a `tbedge` on PATH that prints its arguments."""
+    import os
+    import subprocess
+
+    (tmp_path / "tbedge").write_text('#!/bin/sh\necho "$@"\n')
+    (tmp_path / "tbedge").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "TBEDGE_BACKEND": "onnxruntime", "TBEDGE_MODE": mode,
+           "TBEDGE_AE_TITLE": "XRAY1", "TBEDGE_PORT": "4104", "TBEDGE_SEND_TO": "pacs:104:PACS",
+           "TBEDGE_ALLOW_AE": "--allow-ae CR1", "HOME": os.environ.get("HOME", "/tmp")}
+    r = subprocess.run(["sh", str(REPO / "docker" / "entrypoint.sh")], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == expect, (r.stdout, r.stderr)

@@ -286,3 +286,29 @@ def test_kill9_during_a_burst_loses_no_acknowledged_film(data_root, listener_fac
     assert len(index) == len(res)
     print(f"\nlisten kill test: {N_FILMS} films, {N_KILLS} kills, {sends} sends, {len(res)} results "
           f"({len(res) - len(firsts)} duplicates)")
+
+
+@pytest.mark.timeout(120)
+def test_association_limit(listener_factory):
+    """--max-associations: one more association than the limit is refused while the others are open, and
+    accepted again once one is released."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    lis = listener_factory(None, "--max-associations", "1").start()
+
+    def associate():
+        ae = AE(ae_title=TEST_AE)
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 10
+        return ae.associate(HOST, lis.port, ae_title=LISTEN_AE)
+
+    first = associate()
+    assert first.is_established
+    try:
+        second = associate()
+        assert not second.is_established, "a second association beyond --max-associations 1 was accepted"
+    finally:
+        first.release()
+    wait_for(lambda: echo(lis.port) == 0, 30, "C-ECHO once the first association is released")
+    assert lis.close() == 0

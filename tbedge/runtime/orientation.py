@@ -20,7 +20,6 @@ Cost: well under a millisecond per image.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -69,10 +68,6 @@ class Layout:
     def p_inverted(self) -> float:
         return self.probs[1] + self.probs[3]
 
-    @property
-    def p_flipped(self) -> float:
-        return self.probs[2] + self.probs[3]
-
     def p_flipped_given_polarity(self, inverted: bool) -> float:
         """P(upside down) once polarity is known (DICOM declares it)."""
         a, b = (self.probs[1], self.probs[3]) if inverted else (self.probs[0], self.probs[2])
@@ -83,9 +78,10 @@ class Layout:
 
 
 @lru_cache(maxsize=4)
-def load_weights(path: Path = WEIGHTS) -> tuple[np.ndarray, dict]:
+def load_weights(path: Path = WEIGHTS) -> np.ndarray:
+    """The fitted scorer (``meta`` in the file records how it was fitted; the runtime needs only ``w``)."""
     with np.load(path) as z:
-        return z["w"].astype(np.float32), json.loads(str(z["meta"]))
+        return z["w"].astype(np.float32)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -101,7 +97,7 @@ def hypothesis_rows(g: np.ndarray) -> np.ndarray:
 
 
 def classify_grid(g: np.ndarray, path: Path = WEIGHTS) -> Layout:
-    w, _ = load_weights(path)
+    w = load_weights(path)
     p = softmax(hypothesis_rows(g.astype(np.float32)) @ w)
     return Layout(tuple(float(x) for x in p))
 

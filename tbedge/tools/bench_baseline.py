@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import schema
 from ..runtime import lungs as L
-from . import bench_child as bench
+from . import bench_child
 from .bench import BenchError
 
 
@@ -116,7 +116,7 @@ def run_baseline_child(cfg: dict) -> dict:
         if r.status == schema.STATUS_OK and not kept:
             kept.append(cv2.imread(r.input, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0)
 
-    stream = bench.StreamMeter(pipe.run, cfg["images"])
+    stream = bench_child.StreamMeter(pipe.run, cfg["images"])
     stream.warm(max(1, cfg["warmup"]), on_item=keep)
     if not kept:
         raise BenchError("no warm-up image scored ok in the baseline")
@@ -125,15 +125,15 @@ def run_baseline_child(cfg: dict) -> dict:
     lr = L.analyse(pipe.predict_lungs(x_l)[0, ..., 0], img.shape)
     x_c = L.classifier_input(img, lr, pipe.cls_size, pipe.crop_prep)[None]
     # Its model-only figure: the same per-image predict calls, on pre-made tensors.
-    models = bench.ModelMeter({"lungs": pipe.predict_lungs, "classifier": pipe.predict_classifier},
+    models = bench_child.ModelMeter({"lungs": pipe.predict_lungs, "classifier": pipe.predict_classifier},
                               {"lungs": x_l, "classifier": x_c})
     models.warm()
-    e2e, model_only = bench.measure_interleaved(stream, models, cfg)
-    return bench.finish_child_result(res, e2e, model_only)
+    e2e, model_only = bench_child.measure_interleaved(stream, models, cfg)
+    return bench_child.finish_child_result(res, e2e, model_only)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return bench.child_main(argv, run=run_baseline_child)
+    return bench_child.child_main(argv, run=run_baseline_child)
 
 
 if __name__ == "__main__":

@@ -48,17 +48,16 @@ def fit(g: np.ndarray, l2: float = L2, steps: int = STEPS, lr: float = 0.05) -> 
     return w.astype(np.float32)
 
 
-FORMS = {"upright": lambda g: g, "inverted": lambda g: -g, "flipped": lambda g: g[:, ::-1],
-         "flipped_inverted": lambda g: -g[:, ::-1]}
-
-
 def rates(g: np.ndarray, w: np.ndarray) -> dict:
     """Rates of the runtime's decisions (``orientation.decide``) on upright grids ``g`` (and their mirrors)
     made into each of the four forms."""
     g = np.concatenate([g, g[:, :, ::-1]])
+    # Each hypothesis's transform is its own inverse, so the grid a hypothesis would turn upright is also
+    # the upright film made into that form.
+    forms = O.hypothesis_rows(g).reshape(len(g), len(O.HYPOTHESES), O.GRID, O.GRID)
     out = {}
-    for form, make in FORMS.items():
-        p = O.softmax(O.hypothesis_rows(make(g)) @ w)
+    for k, form in enumerate(O.HYPOTHESES):
+        p = O.softmax(O.hypothesis_rows(forms[:, k]) @ w)
         d = np.array([O.decide(O.Layout(tuple(r))) for r in p])
         out[form] = {"inverted": round(float(d[:, 0].mean()), 4), "flagged": round(float(d[:, 1].mean()), 4)}
     return out

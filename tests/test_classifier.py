@@ -187,7 +187,7 @@ def test_crop_cache_contents(tiny_crops):
 CONFIG_KEYS = ["arch", "size", "seed", "fold", "selection", "epochs", "budget_minutes", "batch", "lr", "weight_decay",
                "label_smoothing", "aug_strength", "split_seed", "prep", "nih_weight", "nih_normal_weight",
                "nih_not_tb", "nih_aug_strength", "nih_adversary", "film_look_p", "lung_power", "average_from",
-               "mixup_alpha", "train_fraction", "sets", "crops", "crops_meta", "n_train", "n_select",
+               "mixup_alpha", "train_fraction", "sets", "select_without", "crops", "crops_meta", "n_train", "n_select",
                "class_names", "params", "macs", "gflops", "cam_grid"]
 
 
@@ -242,6 +242,20 @@ def test_training_refuses_sets_its_crop_cache_lacks(tiny_crops, tmp_path):
     with pytest.raises(ValueError, match="no \\['covid', 'tb_more'\\] films"):
         train_classifier(tiny_crops, "resnet_s", tmp_path / "x", sets="all", run_eagerly=True, log=lambda _: None)
     assert not (tmp_path / "x" / "state.json").exists()
+
+
+def test_selection_can_leave_sites_out(tiny_crops, tmp_path):
+    """--select-without: those sites' val films never choose the epoch (acquisition-confounded sites)."""
+    from tbedge.train.classifier import train_classifier
+    from tbedge.train.crops import load_crops
+
+    c = load_crops(tiny_crops)
+    val = c.parts()["val"]
+    assert {"shenzhen", "nih"} <= set(c.site[val])  # the test means something only if both are in val
+    train_classifier(tiny_crops, "resnet_s", tmp_path / "s", epochs=1, batch=4, max_steps_per_epoch=1,
+                     run_eagerly=True, select_without=("nih",), log=lambda _: None)
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["select_without"] == ["nih"] and cfg["n_select"] == int(np.sum(c.site[val] != "nih"))
 
 
 def test_budget_stops_before_overrun(tiny_crops, tmp_path):
@@ -491,7 +505,8 @@ def test_train_config_takes_the_flat_options_and_keeps_the_rejected_ones_apart()
     flat = run_config(cfg, "resnet_s", 224, "val")
     assert list(flat) == CONFIG_KEYS[:CONFIG_KEYS.index("crops")]
     assert flat["nih_adversary"] == 0.5 and flat["average_from"] == 0.25 and flat["mixup_alpha"] == 0.0
-    same = set(flat) & set(cfg.flat()) - {"size"}  # config.json records the size used (here given: 224)
+    # config.json records the size used (here given: 224) and the sites left out of selection as a list
+    same = set(flat) & set(cfg.flat()) - {"size", "select_without"}
     assert same and all(cfg.flat()[k] == flat[k] for k in same)
     assert run_config(TrainConfig(sets=("shenzhen_montgomery", "nih")), "a", 64, "val")["sets"] == [
         "shenzhen_montgomery", "nih"]

@@ -233,6 +233,9 @@ def _load_data(crops_npz: str | Path, cfg: TrainConfig, log: Callable[[str], Non
     parts = crops.parts(cfg.fold, seed=cfg.split_seed, sets=sets)
     sel_name = "site_val" if cfg.fold else "val"
     tr, sel = parts["train"], parts[sel_name]
+    if cfg.select_without:
+        sel = sel[~np.isin(crops.site[sel], list(cfg.select_without))]
+        log(f"selection on {sel_name} without {', '.join(cfg.select_without)}: {len(sel)} films")
     if cfg.train_fraction != 1.0:  # train_subset refuses a share outside (0, 1]
         tr = train_subset(tr, crops.site[tr], crops.label[tr], cfg.train_fraction, cfg.seed)
     xtr, ytr = raw_arrays(crops, tr, size, cfg.prep), class_index(crops.label[tr])  # augmented, then prepared

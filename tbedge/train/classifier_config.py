@@ -64,7 +64,9 @@ class TrainConfig:
     tb_more (a TB site: its own fold) and covid ("other"). ``film_look_p``: film-look augmentation
     (``augment.film_look``), its probabilities scaled by P; 0 = off. ``select_without``: sites left out of
     the selection part (e.g. ("tb_more", "covid"): their val films are told apart by acquisition, so an
-    epoch chosen on them rewards the shortcut). ``experimental``: the rejected
+    epoch chosen on them rewards the shortcut). ``site_balance``: draw training films with probability by
+    ``classifier.site_class_weights`` (each class's weight shared equally by its sites) instead of
+    class-weighting the loss. ``experimental``: the rejected
     levers (``Experimental``; a mapping of its field names is accepted and converted).
     """
 
@@ -89,6 +91,7 @@ class TrainConfig:
     sets: str | tuple = "core"
     film_look_p: float = 0.0
     select_without: tuple = ()
+    site_balance: bool = False
     experimental: Experimental = field(default_factory=Experimental)
 
     def __post_init__(self):
@@ -143,4 +146,4 @@ def run_config(cfg: TrainConfig, arch: str, size: int, selection: str) -> dict:
             "film_look_p": cfg.film_look_p, "lung_power": cfg.lung_power, "average_from": x.average_from,
             "mixup_alpha": x.mixup_alpha, "train_fraction": cfg.train_fraction,
             "sets": cfg.sets if isinstance(cfg.sets, str) else list(cfg.sets),
-            "select_without": list(cfg.select_without)}
+            "select_without": list(cfg.select_without), "site_balance": cfg.site_balance}

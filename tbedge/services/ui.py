@@ -196,8 +196,7 @@ def _routes(v: Viewer) -> dict:
             return default
 
     def home(request):
-        q = request.query_params
-        first = v.worklist(0, 50, q.get("filter", "all"), q.get("q", ""))
+        first = v.worklist(0, 50)  # the page's own state starts at "all"; filters are applied by its script
         return HTMLResponse(v.page("worklist.html", data={"worklist": first, "words": plain_words()}))
 
     def worklist(request):

@@ -77,7 +77,7 @@ class Entry:
         return not q or q in self.key.lower() or q in (self.sha256 or "")
 
 
-def _watch_entry(d: dict, _offset: int) -> Entry | None:
+def _watch_entry(d: dict) -> Entry | None:
     try:
         flags = tuple(f for f in (d.get("qa_flags") or "").split(";") if f)
         return Entry(id=int(d["entry"]), time=d.get("scored_at"), status=d["status"], reason=d.get("reason"),
@@ -165,7 +165,7 @@ class ResultIndex:
                 self.entries, self._by_id = [], {}
                 self.generation += 1
             for offset, d in lines:
-                e = _watch_entry(d, offset) if self.kind == "watch" else self._screen_entry(d, offset)
+                e = _watch_entry(d) if self.kind == "watch" else self._screen_entry(d, offset)
                 if e is not None and e.id not in self._by_id:
                     self.entries.append(e)
                     self._by_id[e.id] = e

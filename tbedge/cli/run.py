@@ -75,6 +75,8 @@ def watch(
     min_free_mb: float = typer.Option(500.0, "--min-free-mb", help="Pause intake below this free space."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Retries before an error is quarantined."),
     dicom_out: bool = typer.Option(True, "--dicom-out/--no-dicom-out", help="SC + SR for DICOM inputs."),
+    views: bool = typer.Option(True, "--views/--no-views", help="views/: heat map and lung mask of each scored "
+                               "film, for `tbedge ui`."),
     refer_window: int = typer.Option(200, "--refer-window", help="Check the referral rate over the last N "
                                      "films and warn when it leaves --refer-range (0 = off)."),
     refer_min_films: int = typer.Option(50, "--refer-min-films", help="Films needed before the check speaks."),
@@ -91,7 +93,7 @@ def watch(
     raise typer.Exit(run_watch(incoming, out, engine, backend, batch, threads, once, stable_seconds, rescan_seconds,
                                retention_days or None, min_free_mb, max_attempts, archive_dir,
                                dicom_out=dicom_out, refer_window=refer_window, refer_min_films=refer_min_films,
-                               refer_range=refer_range, strict_engine=strict_engine))
+                               refer_range=refer_range, strict_engine=strict_engine, views=views))
 
 
 @app.command()

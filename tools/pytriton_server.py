@@ -26,7 +26,7 @@ from google.protobuf import text_format
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.models import model as pytriton_model
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 from tritonclient.grpc import model_config_pb2
 
 DTYPES = {model_config_pb2.TYPE_FP32: np.float32, model_config_pb2.TYPE_FP16: np.float16,
@@ -113,7 +113,9 @@ def main() -> None:
     config = TritonConfig(grpc_address=args.address, grpc_port=args.grpc_port, http_address=args.address,
                           http_port=args.http_port, metrics_port=args.metrics_port, exit_on_error=True,
                           log_verbose=0)
-    with Triton(config=config) as triton:
+    # PyTriton restricts the statistics endpoint by default; a stock tritonserver does not, and bench reads it.
+    security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+    with Triton(config=config, security_config=security) as triton:
         names = [bind_model(triton, d, args.threads) for d in sorted(args.repo.iterdir())
                  if (d / "config.pbtxt").is_file()]
         print("serving " + ", ".join(names), flush=True)

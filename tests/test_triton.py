@@ -246,3 +246,35 @@ def test_bench_with_concurrent_clients_reads_the_server_batches(server, data_roo
             assert 0 < srv["server_ms_per_request"]["total"] < m["client_ms_per_request"]["rpc"]
             assert m["network_grpc_ms_per_request"] > 0
     assert "client(s)" in r.stdout and "network+gRPC" in r.stdout
+
+
+# -- the pure parts -----------------------------------------------------------------------------
+def test_backend_and_server_options():
+    from tbedge.errors import TbedgeError
+    from tbedge.runtime.pipeline import join_backend, split_backend
+    from tbedge.runtime.runners.triton import TritonError, server_address
+
+    assert server_address("grpc://127.0.0.1:9001") == "127.0.0.1:9001"
+    assert server_address("hub.example.org") == "hub.example.org:8001"
+    assert server_address("grpc://[::1]:8001") == "[::1]:8001"
+    for bad in ("http://hub:8000", "grpc://hub:8001/models", "grpc://"):
+        with pytest.raises(TritonError):
+            server_address(bad)
+    spec = join_backend("triton", "grpc://hub:8001")
+    assert split_backend(spec) == ("triton", "grpc://hub:8001") and split_backend("onnxruntime") == ("onnxruntime", None)
+    with pytest.raises(TbedgeError, match="needs --server"):
+        join_backend("triton", None)
+    with pytest.raises(TbedgeError, match="--server is for --backend triton"):
+        join_backend("onnxruntime", "grpc://hub:8001")
+
+
+def test_an_unreachable_server_is_one_line_and_exit_2(tmp_path, data_root):
+    _need_tritonclient()
+    from listen_support import free_port
+
+    film = str(real_images(data_root, 1, seed=3)[0])
+    t0 = time.monotonic()
+    r = _tbedge("screen", film, "--output", str(tmp_path / "r.jsonl"), "--backend", "triton",
+                "--server", f"grpc://127.0.0.1:{free_port()}")
+    assert r.returncode == 2 and "cannot reach the Triton server" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 60  # three retries with backoff, then up

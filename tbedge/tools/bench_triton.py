@@ -17,6 +17,7 @@ client deserialisation.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -200,6 +201,7 @@ def bench_clients(images: Sequence[str | Path] | None, engine: str | Path | None
                                                  "batch": batch, "threads": threads, "duration_s": duration_s,
                                                  "warmup": warmup, "clients": list(clients)},
               "runs": runs}
+    report["host"]["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if json_path:
         write_json_atomic(json_path, report)
     return report

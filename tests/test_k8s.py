@@ -47,7 +47,7 @@ def test_every_object_validates_offline_against_the_kubernetes_schemas(kv, objec
                             ("Deployment", "tbedge-triton"), ("Service", "tbedge-triton"),
                             ("Deployment", "tbedge-watch"), ("PersistentVolumeClaim", "tbedge-incoming"),
                             ("PersistentVolumeClaim", "tbedge-results")}
-    for key, doc in objects.items():
+    for doc in objects.values():
         kv.validate(doc, VERSION, strict=True)  # raises on any error, unknown fields included
 
 

@@ -261,7 +261,8 @@ def test_backend_and_server_options():
         with pytest.raises(TritonError):
             server_address(bad)
     spec = join_backend("triton", "grpc://hub:8001")
-    assert split_backend(spec) == ("triton", "grpc://hub:8001") and split_backend("onnxruntime") == ("onnxruntime", None)
+    assert split_backend(spec) == ("triton", "grpc://hub:8001")
+    assert split_backend("onnxruntime") == ("onnxruntime", None)
     with pytest.raises(TbedgeError, match="needs --server"):
         join_backend("triton", None)
     with pytest.raises(TbedgeError, match="--server is for --backend triton"):

@@ -279,3 +279,45 @@ def test_an_unreachable_server_is_one_line_and_exit_2(tmp_path, data_root):
                 "--server", f"grpc://127.0.0.1:{free_port()}")
     assert r.returncode == 2 and "cannot reach the Triton server" in r.stderr, r.stderr
     assert time.monotonic() - t0 < 60  # three retries with backoff, then up
+
+
+def test_export_of_tensorrt_plans(tmp_path):
+    """A bundle with plans exports them for the tensorrt_plan backend (the plan bytes are placeholders: no
+    TensorRT runs here; what is tested is the repository and the hash rule the client applies to it)."""
+    _need_tritonclient()
+    from tbedge.build.triton_export import check_repository, export_triton, read_config
+    from tbedge.runtime.bundle import load_bundle, sha256_file, write_manifest
+    from tbedge.runtime.runners.triton import TritonError, check_served
+
+    src = tmp_path / "bundle"
+    shutil.copytree(default_bundle_path(), src)
+    m = json.loads((src / "manifest.json").read_text())
+    m.pop("format_version")
+    m["plans"] = {}
+    for role in ("lungs", "classifier"):
+        (src / f"{role}.plan").write_bytes(f"placeholder {role} plan".encode())
+        m["plans"][role] = {"file": f"{role}.plan", "sha256": sha256_file(src / f"{role}.plan"),
+                            "trt_version": "10.3.0", "cuda_version": "12.6", "gpu_name": "H100",
+                            "compute_capability": "9.0", "onnx_sha256": m["models"][role]["sha256"],
+                            "precision": "int8",
+                            "profile": {"input": "image", "min": [1], "opt": [8], "max": [16]}}
+    write_manifest(src, m)
+    b = load_bundle(src)
+    with pytest.raises(Exception, match="GPU"):
+        export_triton(src, tmp_path / "repo", device="cpu")
+    s = export_triton(src, tmp_path / "repo")
+    assert s["format"] == "plan" and s["device"] == "gpu"
+    cfg = read_config(tmp_path / "repo" / "tbedge_lungs" / "config.pbtxt")
+    assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
+    assert cfg.max_batch_size == 16 and list(cfg.dynamic_batching.preferred_batch_size) == [8]
+    assert [g.kind for g in cfg.instance_group] == [cfg.instance_group[0].KIND_GPU]
+    assert (tmp_path / "repo" / "tbedge_lungs" / "1" / "model.plan").read_bytes() == b"placeholder lungs plan"
+    assert check_repository(tmp_path / "repo", b) == []
+    assert any("no ONNX graph" in p for p in check_repository(tmp_path / "repo"))  # a plan's tensors need its ONNX
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert check_served(params, b, "lungs", "tbedge_lungs", "grpc://hub") == b.plan("lungs")["sha256"]
+    plain = load_bundle(default_bundle_path())  # same ONNX, no plans: it cannot vouch for the served plan
+    with pytest.raises(TritonError, match="not bundle"):
+        check_served(params, plain, "lungs", "tbedge_lungs", "grpc://hub")
+    with pytest.raises(TritonError, match="not bundle"):
+        check_served({**params, "tbedge_sha256": "0" * 64}, b, "lungs", "tbedge_lungs", "grpc://hub")

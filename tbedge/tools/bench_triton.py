@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..runtime.bundle import ROLES
+from ..runtime.runners.triton import MODEL_NAMES, TritonStats, server_address
 from .bench import RESULT_MARK, BenchError, _spawn, collect_images, latency_stats, write_json_atomic
 from .host import host_facts
 
@@ -38,8 +39,6 @@ BARRIER_TIMEOUT_S = 600.0
 def server_stats(server: str) -> dict[str, dict]:
     """{model: cumulative statistics} of the tbedge models on ``server`` (tritonclient, JSON form)."""
     import tritonclient.grpc as grpcclient
-
-    from ..runtime.runners.triton import MODEL_NAMES, server_address
 
     client = grpcclient.InferenceServerClient(server_address(server))
     try:
@@ -89,7 +88,6 @@ def stats_delta(before: dict, after: dict) -> dict:
 def run_client_child(cfg: dict) -> dict:
     """One client: warm up, wait for the barrier's go, measure ``duration_s``; returns its figures."""
     from ..runtime.pipeline import Pipeline
-    from ..runtime.runners.triton import TritonStats
     from .bench_child import StreamMeter
 
     with Pipeline(cfg["bundle"], backend=cfg["backend"], batch=cfg["batch"], threads=cfg["threads"],
@@ -127,8 +125,8 @@ def _one_count(n: int, common: dict, timeout_s: float) -> dict:
             t.start()
         t0 = time.monotonic()
         while sum(1 for p in Path(bar).glob("ready-*")) < n:
-            if time.monotonic() - t0 > BARRIER_TIMEOUT_S or not any(t.is_alive() for t in threads):
-                break
+            if time.monotonic() - t0 > BARRIER_TIMEOUT_S or not all(t.is_alive() for t in threads):
+                break  # a client that ended before the go failed: the others are measured all the same
             time.sleep(0.05)
         before = server_stats(common["server"])
         (Path(bar) / "go").touch()
@@ -150,8 +148,6 @@ def summarise_count(n: int, results: list[dict], server: dict) -> dict:
         for k, v in r["status_counts"].items():
             status[k] = status.get(k, 0) + v
     models = {}
-    from ..runtime.runners.triton import MODEL_NAMES
-
     for role in ROLES:
         c = [r["client"][role] for r in results]
         req = sum(x["requests"] for x in c)

@@ -45,10 +45,11 @@ def screen(
     from ..services.screen import EXIT_OUTPUTS_FAILED
     from ..services.screen import screen as run_screen
 
+    spec = backend_arg(backend, server)
     files, _ = expand_inputs(paths)
     prog, tick = _progress(len(files), "screening")
     with prog:
-        s = run_screen(paths, output, engine, backend_arg(backend, server), batch, threads, overlays, masks,
+        s = run_screen(paths, output, engine, spec, batch, threads, overlays, masks,
                        dicom_out, tick, resume=resume, strict_engine=strict_engine)
     print(f"{s.total} inputs -> {output}" + (f" ({s.resumed} kept from the interrupted run)" if s.resumed else "")
           + ": " + ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))

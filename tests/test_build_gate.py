@@ -65,3 +65,25 @@ def test_gate_passes_identical_and_fails_broken(data_root, fp32_models, tmp_path
     assert not res.passed and any("Dice" in f for f in res.failures)
     with pytest.raises(G.GateFailure, match="Dice"):
         raise G.GateFailure(res)
+
+    # Broken only when it scores one film at a time (watch, listen): the batches of 8 alone would pass.
+    m = onnx.load(str(fp32_models["lungs"]))
+    nodes = list(m.graph.node)
+    i = next(k for k, n in enumerate(nodes) if n.op_type == "Sigmoid")
+    h = onnx.helper
+    m.graph.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                                numpy_helper.from_array(np.array([1], np.int64), "one"),
+                                numpy_helper.from_array(np.array(-20.0, np.float32), "minus20")])
+    alone = [h.make_node("Shape", [m.graph.input[0].name], ["shp"]),
+             h.make_node("Gather", ["shp", "zero"], ["n"]), h.make_node("Equal", ["n", "one"], ["is1"]),
+             h.make_node("Cast", ["is1"], ["is1f"], to=onnx.TensorProto.FLOAT),
+             h.make_node("Mul", ["is1f", "minus20"], ["shift1"]),
+             h.make_node("Add", [nodes[i].input[0], "shift1"], ["shifted1"])]
+    nodes[i].input[0] = "shifted1"
+    del m.graph.node[:]
+    m.graph.node.extend(nodes[:i] + alone + nodes[i:])
+    onnx.save(m, tmp_path / "alone.onnx")
+    res = G.evaluate(fp32_models, {**fp32_models, "lungs": tmp_path / "alone.onnx"}, data_root, 0.4,
+                     classifier_size=64, max_images=24, n_boot=50, prep=prep)
+    assert res.dice_drop == 0 and res.batch_1["dice_reduced"] == 0  # batches of 8 as fp32; one at a time, no lungs
+    assert not res.passed and res.failures == [f for f in res.failures if "one film at a time" in f]

@@ -32,13 +32,13 @@ def ship() -> None:
     tbm = [matched(R / f"t3_tbm_s{s}" / "eval_site_val") for s in range(3)]
     ship_tbm = matched(R / "shipped_tbm_site_val")
     ok.append(np.mean(tbm) >= ship_tbm + 0.02)
-    print(f"(a) tb_more site_val matched {['%.3f' % a for a in tbm]} mean {np.mean(tbm):.4f}; shipped {ship_tbm:.4f}, "
+    print(f"(a) tb_more site_val matched {[f'{a:.3f}' for a in tbm]} mean {np.mean(tbm):.4f}; shipped {ship_tbm:.4f}, "
           f"bar {ship_tbm + 0.02:.4f}: {'holds' if ok[-1] else 'FAILS'}")
     for fold, bar in (("mon", 0.7789), ("she", 0.7544)):
         runs = [f"t3_{fold}_s{s}" for s in range(3) if (R / f"t3_{fold}_s{s}" / "result.json").exists()]
         m = np.mean([best_sel(r) for r in runs])
         ok.append(m >= bar - 0.01)
-        print(f"(b) {fold} site_val {['%.3f' % best_sel(r) for r in runs]} mean {m:.4f}; two-site {bar}, "
+        print(f"(b) {fold} site_val {[f'{best_sel(r):.3f}' for r in runs]} mean {m:.4f}; two-site {bar}, "
               f"bar {bar - 0.01:.4f}: {'holds' if ok[-1] else 'FAILS'}")
     new, n = val_auc(R / "t3_main_s0" / "eval_val" / "predictions.csv")
     old, _ = val_auc(R / "shipped_val" / "predictions.csv")
@@ -54,10 +54,11 @@ def sb() -> None:
         figs[name] = [best_sel(f"{name}_mon_s0"), best_sel(f"{name}_she_s0"),
                       matched(R / f"{name}_tbm_s0" / "eval_site_val")]
     d = np.array(figs["sb"]) - np.array(figs["t3"])
-    print("recipe   mon/she site_val, tbm matched:", ["%.3f" % x for x in figs["t3"]], "mean %.4f" % np.mean(figs["t3"]))
-    print("balanced mon/she site_val, tbm matched:", ["%.3f" % x for x in figs["sb"]], "mean %.4f" % np.mean(figs["sb"]))
+    for name, label in (("t3", "recipe  "), ("sb", "balanced")):
+        print(f"{label} mon/she site_val, tbm matched:", [f"{x:.3f}" for x in figs[name]],
+              f"mean {np.mean(figs[name]):.4f}")
     adopt = d.mean() >= 0.01 and d.min() >= -0.03
-    print(f"change {['%+.3f' % x for x in d]}, mean {d.mean():+.4f}: {'ADOPT' if adopt else 'NOT ADOPTED'}")
+    print(f"change {[f'{x:+.3f}' for x in d]}, mean {d.mean():+.4f}: {'ADOPT' if adopt else 'NOT ADOPTED'}")
 
 
 if __name__ == "__main__":

@@ -267,11 +267,13 @@ class Module:
 
     def launch(self, name: str, grid, block, stream: Stream, sig: str, *args) -> None:
         if SIGNATURES.get(name) != sig or len(sig) != len(args):
-            raise FakeCudaError(f"{name}: signature {sig!r} / {len(args)} arguments, registered {SIGNATURES.get(name)!r}")
+            raise FakeCudaError(f"{name}: signature {sig!r} with {len(args)} arguments, "
+                                f"registered {SIGNATURES.get(name)!r}")
         if stream.handle is None:
             raise FakeCudaError(f"{name} launched on a destroyed stream")
         STATE["launches"].append(name)
-        KERNELS[name](name, grid, block, tuple(int(a) if k in "pqi" else float(a) for k, a in zip(sig, args)))
+        vals = tuple(int(a) if k in "pqi" else float(a) for k, a in zip(sig, args, strict=True))
+        KERNELS[name](name, grid, block, vals)
 
     def unload(self) -> None:
         pass

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fake_cuda
 import numpy as np
 import pytest
 
-import fake_cuda
 from tbedge import schema
 from tbedge.runtime import lungs as L
 from tbedge.runtime import pipeline as PL

@@ -5,10 +5,10 @@ stand-in for CUDA (everywhere), and the kernels against the reference on a GPU (
 from __future__ import annotations
 
 import cv2
+import fake_cuda
 import numpy as np
 import pytest
 
-import fake_cuda
 from tbedge.runtime import lungs as L
 from tbedge.runtime.bundle import load_bundle
 from tbedge.runtime.gpu import masked as MK
@@ -71,9 +71,10 @@ def test_reference_matches_classifier_input(found, size):
             assert np.abs(same_crop - ref).max() <= 2e-6, (p.name, prep)
             if prep == "masked_eq":
                 # Equalisation is a rank transform: a box crop one float ulp off the host's (x86 OpenCV's
-                # IPP interpolates in double) reorders tied grey levels. Within 1e-3 where the crop
-                # shrinks (area, as for every native film); up to ~6e-3 on 256² films whose crop grows.
-                limit = 1e-2 if _upsampled(img, lr.box, size) else TOL
+                # IPP interpolates in double) reorders tied grey levels. Within 1e-3 for the classifier's
+                # 224 crops that shrink (every native film); ~1e-3 to 6e-3 seen on 256² films whose crop
+                # grows and on small (64) crops.
+                limit = TOL if size == 224 and not _upsampled(img, lr.box, size) else 1e-2
                 assert err <= limit, (p.name, err)
     assert worst["box"] <= 1e-5 and worst["masked"] <= 1e-5, worst  # measured 5.9e-6 / 3.6e-6
 

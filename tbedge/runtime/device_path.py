@@ -87,6 +87,11 @@ class DevicePath:
                                   device=device, memory=memory, crop_prep=prep)
         self.outs: list[_Outputs] = []
         try:
+            for role, r in runners.items():  # the kernels write the inputs and read the heat map as float32
+                io = r.inputs() + (r.outputs() if role == "lungs" else [])
+                bad = [f"{t.name} {t.dtype}" for t in io if t.dtype != "float32"]
+                if bad:
+                    raise ValueError(f"the {role} engine takes {', '.join(bad)}; the device path feeds float32")
             if self.classify_on:
                 self.cls_in = bundle.entry("classifier")["input"]["name"]
                 if bundle.input_channels("classifier") != self.gp.cls_channels:

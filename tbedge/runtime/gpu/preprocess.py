@@ -343,7 +343,8 @@ class GpuPreprocessor:
         if not 0 < len(images) <= self.batch:
             raise ValueError(f"{len(images)} images for a batch of {self.batch}")
         for a in images:
-            if pixel_type(a.dtype) and a.dtype.itemsize > self.itemsize:
+            pixel_type(a.dtype)  # raises for a type the kernels do not read
+            if a.dtype.itemsize > self.itemsize:
                 raise ValueError(f"{a.dtype} pixels exceed the planned {self.itemsize} bytes")
         self.reserve(slot, max(a.size for a in images), max(max(a.shape) for a in images))
         s = self._slot(slot)

@@ -42,7 +42,7 @@ def _host_run(paths, batch=3, **kw):
         return list(p.run(paths))
 
 
-@pytest.fixture(params=["stand-in pinned", "stand-in mapped", "gpu"])
+@pytest.fixture(params=["stand-in pinned", "stand-in mapped", pytest.param("gpu", marks=pytest.mark.gpu)])
 def device(request, monkeypatch):
     """Pipeline(backend="tensorrt") runs here: TensorRT engines replaced by ONNX Runtime runners (host round
     trip), CUDA by the stand-in (pinned or mapped memory) or, on a GPU host, the real CUDA."""
@@ -102,6 +102,18 @@ def test_tensorrt_backend_never_calls_host_crop_code(films, device, monkeypatch)
         # Every film resized for the lungs and cropped on the "device", masks warped, dilated, blended.
         n_ok = sum(s.result.status == schema.STATUS_OK for s in dev)
         assert launches.count("tbedge_mask_blend") == n_ok and launches.count("tbedge_resize_f32") == 2 * n_ok
+
+
+def test_device_batches_fit_the_engines_profile(films, device, monkeypatch):
+    class Capped(OnnxRuntimeRunner):
+        max_batch = 2  # a TensorRT plan's optimisation-profile maximum
+
+    monkeypatch.setattr(PL, "make_runner", lambda b, role, backend, threads=0: Capped(b.model_path(role), name=role))
+    with PL.Pipeline(FP32, backend="tensorrt", batch=8) as p:
+        assert p.batch == 2
+        out = list(p.run(films))
+        assert len(p.device.timings) == 4  # 7 inputs in batches of 2
+    assert sum(s.result.status == schema.STATUS_OK for s in out) == len(films) - 1
 
 
 def test_device_times_per_stage_in_trtexec_words(films, device):

@@ -190,7 +190,8 @@ def _gpu_or_skip():
         pytest.skip(f"needs a CUDA GPU: {why}")
 
 
-@pytest.fixture(params=["stand-in pinned", "stand-in mapped", "gpu pinned", "gpu mapped"])
+@pytest.fixture(params=["stand-in pinned", "stand-in mapped", pytest.param("gpu pinned", marks=pytest.mark.gpu),
+                        pytest.param("gpu mapped", marks=pytest.mark.gpu)])
 def cuda(request, monkeypatch):
     """(memory mode, exact): the CUDA layer to run on. The GPU variants skip without a GPU."""
     where, mode = request.param.rsplit(" ", 1)

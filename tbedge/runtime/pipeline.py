@@ -163,6 +163,8 @@ class Pipeline:
         if self.backend == "tensorrt":
             from .device_path import DevicePath  # lazy: only the GPU path loads cuda-python
 
+            caps = [r.max_batch for r in self.runners.values() if getattr(r, "max_batch", None)]
+            self.batch = min([self.batch, *caps])  # a device batch is one engine call: within the profile
             self.device = DevicePath(bundle, self.runners, self.batch)
 
     def _close_runners(self) -> None:

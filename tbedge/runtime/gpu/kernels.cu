@@ -136,7 +136,7 @@ __device__ int tbedge_count_inside(const float* __restrict__ wraw, int n)
 // go to scratch (n2 >= n, a power of two; the rest +inf) and are sorted there by a bitonic sort in
 // global memory (__syncthreads orders global writes within the block), then each pixel's count is a
 // binary search (upper bound). The division is in double, as numpy's, then rounded to float.
-extern "C" __global__ void tbedge_equalize(const float* __restrict__ crop, const float* __restrict__ wraw,
+extern "C" __global__ void __launch_bounds__(1024) tbedge_equalize(const float* __restrict__ crop, const float* __restrict__ wraw,
                                            int all_inside, float* __restrict__ scratch, float* __restrict__ out,
                                            int n, int n2)
 {
@@ -175,8 +175,9 @@ extern "C" __global__ void tbedge_equalize(const float* __restrict__ crop, const
 // lungs.apply_mask + stack_input: out[2i] = crop w + fill (1 - w), out[2i + 1] = w, with w the weight
 // clipped to [0, 1] (1 everywhere for a fallback box) and fill the crop's mean over the lung pixels
 // (the whole crop when there are none), summed in double. Also writes w to wout (the host's copy, for
-// overlays). One block per crop; blockDim.x a power of two, <= 1024.
-extern "C" __global__ void tbedge_mask_blend(const float* __restrict__ crop, const float* __restrict__ wraw,
+// overlays). One block per crop; blockDim.x a power of two, <= 1024 (__launch_bounds__ keeps the
+// registers within what a 1024-thread block may use, so the launch cannot fail on resources).
+extern "C" __global__ void __launch_bounds__(1024) tbedge_mask_blend(const float* __restrict__ crop, const float* __restrict__ wraw,
                                              int all_inside, float* __restrict__ out, float* __restrict__ wout,
                                              int n)
 {

@@ -66,6 +66,7 @@ class _Slot:
     def __init__(self, plan: BufferPlan, mapped: bool, max_pixels: int, max_side: int):
         self.plan = plan
         self.max_pixels, self.max_side = max_pixels, max_side
+        self.mapped = mapped
         self.host = dv.HostBuffer(plan.host_bytes, mapped=mapped)
         self.dev = dv.DeviceBuffer(plan.device_bytes)
         self.stream = dv.Stream()
@@ -84,6 +85,17 @@ class _Slot:
         if self.host.mapped and region in self.plan.host:
             return self.host.device_ptr + self.plan.host[region].offset
         raise KeyError(region)
+
+    def grow(self, plan: BufferPlan, max_pixels: int, max_side: int) -> None:
+        """New arenas for a bigger plan, once the slot's work is done; the stream and events stay (an
+        engine keeps its execution context for the stream)."""
+        self.stream.synchronize()
+        self.dev.free()
+        self.host.free()
+        self.plan, self.max_pixels, self.max_side = plan, max_pixels, max_side
+        self.host = dv.HostBuffer(plan.host_bytes, mapped=self.mapped)
+        self.dev = dv.DeviceBuffer(plan.device_bytes)
+        self.staged.clear()
 
     def mark(self, stage: str, start: bool) -> None:
         if stage not in self.marks:
@@ -269,6 +281,8 @@ class GpuPreprocessor:
         """Enqueue native box (x0, y0, x1, y1 exclusive) of image k -> (S, S) float32 in cls_input[k],
         area when shrinking, linear otherwise (as lungs.crop)."""
         self._check_k(k)
+        if self.masked:
+            raise RuntimeError("a lung-masked input needs the cleaned mask: use crop_batch")
         s = self._slot(slot)
         st = s.staged.get(k)
         if st is None:
@@ -327,14 +341,11 @@ class GpuPreprocessor:
     def reserve(self, slot: int, max_pixels: int, max_side: int) -> None:
         """Grow the slot to films of ``max_pixels`` (longest side ``max_side``) once its previous work is
         done; the other slot, perhaps in flight, is untouched. Never shrinks."""
-        i = slot % len(self.slots)
-        s = self.slots[i]
+        s = self._slot(slot)
         if max_pixels <= s.max_pixels and max_side <= s.max_side:
             return
         px, side = max(max_pixels, s.max_pixels), max(max_side, s.max_side)
-        s.stream.synchronize()
-        s.free()
-        self.slots[i] = _Slot(self._plan(px, side), self.mode == MAPPED, px, side)
+        s.grow(self._plan(px, side), px, side)
 
     def stage_batch(self, slot: int, images: list[np.ndarray]) -> None:
         """Films (H, W) -> lung_input[0..n): each is copied into the slot's page-locked arena, uploaded

@@ -28,7 +28,8 @@ TRIAGE_CLEAR = "clear"
 CLASS_NAMES = ("normal", "tb", "other")
 
 # Kinds of files written for one input (Result.outputs).
-OUTPUT_KINDS = ("overlay", "mask", "dicom_sc", "dicom_sr")
+# "heat": the heat map on its crop grid, 8-bit grey, for a viewer to colour and lay over `lungs.bbox`.
+OUTPUT_KINDS = ("overlay", "mask", "heat", "dicom_sc", "dicom_sr")
 
 # Reason codes for "rejected" results: one per failure class, each with a sentence for humans.
 REASONS: dict[str, str] = {

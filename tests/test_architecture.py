@@ -21,7 +21,7 @@ LAYERS = {
 }
 # The services proper: none may import another (shared code goes down a layer).
 SERVICES = {"tbedge.services.screen", "tbedge.services.segment", "tbedge.services.watch",
-            "tbedge.services.listen"}
+            "tbedge.services.listen", "tbedge.services.ui"}
 
 
 def _module(p: Path) -> str:

@@ -187,8 +187,8 @@ def test_crop_cache_contents(tiny_crops):
 CONFIG_KEYS = ["arch", "size", "seed", "fold", "selection", "epochs", "budget_minutes", "batch", "lr", "weight_decay",
                "label_smoothing", "aug_strength", "split_seed", "prep", "nih_weight", "nih_normal_weight",
                "nih_not_tb", "nih_aug_strength", "nih_adversary", "film_look_p", "lung_power", "average_from",
-               "mixup_alpha", "train_fraction", "sets", "crops", "crops_meta", "n_train", "n_select",
-               "class_names", "params", "macs", "gflops", "cam_grid"]
+               "mixup_alpha", "train_fraction", "sets", "select_without", "site_balance", "crops", "crops_meta",
+               "n_train", "n_select", "class_names", "params", "macs", "gflops", "cam_grid"]
 
 
 def test_training_smoke_resumes(tiny_crops, tmp_path):
@@ -242,6 +242,47 @@ def test_training_refuses_sets_its_crop_cache_lacks(tiny_crops, tmp_path):
     with pytest.raises(ValueError, match="no \\['covid', 'tb_more'\\] films"):
         train_classifier(tiny_crops, "resnet_s", tmp_path / "x", sets="all", run_eagerly=True, log=lambda _: None)
     assert not (tmp_path / "x" / "state.json").exists()
+
+
+def test_selection_can_leave_sites_out(tiny_crops, tmp_path):
+    """--select-without: those sites' val films never choose the epoch (acquisition-confounded sites)."""
+    from tbedge.train.classifier import train_classifier
+    from tbedge.train.crops import load_crops
+
+    c = load_crops(tiny_crops)
+    val = c.parts()["val"]
+    assert {"shenzhen", "nih"} <= set(c.site[val])  # the test means something only if both are in val
+    train_classifier(tiny_crops, "resnet_s", tmp_path / "s", epochs=1, batch=4, max_steps_per_epoch=1,
+                     run_eagerly=True, select_without=("nih",), log=lambda _: None)
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["select_without"] == ["nih"] and cfg["n_select"] == int(np.sum(c.site[val] != "nih"))
+
+
+def test_site_class_weights_share_each_class_equally_among_its_sites():
+    from tbedge.train.classifier import site_class_weights
+
+    y = np.array([1] * 90 + [1] * 10 + [0] * 30 + [0] * 20 + [2] * 50)  # tb, tb, normal, normal, other
+    site = np.array(["a"] * 90 + ["b"] * 10 + ["a"] * 30 + ["nih"] * 20 + ["nih"] * 50)
+    w = site_class_weights(y, site)
+    assert w.mean() == pytest.approx(1.0)
+    totals = {(c, s): w[(y == c) & (site == s)].sum() / len(y) for c, s in
+              [(1, "a"), (1, "b"), (0, "a"), (0, "nih"), (2, "nih")]}
+    assert totals[(1, "a")] == pytest.approx(1 / 6) and totals[(1, "b")] == pytest.approx(1 / 6)
+    assert totals[(0, "a")] == pytest.approx(1 / 6) and totals[(2, "nih")] == pytest.approx(1 / 3)
+    # site "a": TB and normal now weigh alike although it brings 3x more TB films
+    assert totals[(1, "a")] == pytest.approx(totals[(0, "a")])
+
+
+def test_site_balanced_training_draws_by_weight(tiny_crops, tmp_path):
+    from tbedge.train.classifier import TrainConfig, _load_data, train_classifier
+
+    d = _load_data(tiny_crops, TrainConfig(site_balance=True, nih_weight=0.5), log=lambda _: None)
+    assert np.all(d.wtr == 1) and d.sample_p.sum() == pytest.approx(1.0)
+    share = {c: d.sample_p[d.ytr == c].sum() for c in range(3)}  # normal, tb: Shenzhen; other: NIH at 0.5
+    assert share[0] == pytest.approx(share[1]) and share[2] == pytest.approx(share[0] / 2)
+    s = train_classifier(tiny_crops, "resnet_s", tmp_path / "sb", epochs=1, batch=4, max_steps_per_epoch=2,
+                         run_eagerly=True, site_balance=True, log=lambda _: None)
+    assert s["epoch"] == 0 and json.loads((tmp_path / "sb" / "config.json").read_text())["site_balance"] is True
 
 
 def test_budget_stops_before_overrun(tiny_crops, tmp_path):
@@ -491,7 +532,8 @@ def test_train_config_takes_the_flat_options_and_keeps_the_rejected_ones_apart()
     flat = run_config(cfg, "resnet_s", 224, "val")
     assert list(flat) == CONFIG_KEYS[:CONFIG_KEYS.index("crops")]
     assert flat["nih_adversary"] == 0.5 and flat["average_from"] == 0.25 and flat["mixup_alpha"] == 0.0
-    same = set(flat) & set(cfg.flat()) - {"size"}  # config.json records the size used (here given: 224)
+    # config.json records the size used (here given: 224) and the sites left out of selection as a list
+    same = set(flat) & set(cfg.flat()) - {"size", "select_without"}
     assert same and all(cfg.flat()[k] == flat[k] for k in same)
     assert run_config(TrainConfig(sets=("shenzhen_montgomery", "nih")), "a", 64, "val")["sets"] == [
         "shenzhen_montgomery", "nih"]

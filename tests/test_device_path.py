@@ -55,7 +55,7 @@ def device(request, monkeypatch):
     else:
         fake_cuda.install(monkeypatch, integrated=request.param.endswith("mapped"))
 
-    def runner(bundle, role, backend, threads=0):  # the host path gets the same ONNX Runtime runner
+    def runner(bundle, role, backend, threads=0, server=None):  # the host path gets the same ONNX Runtime runner
         return OnnxRuntimeRunner(bundle.model_path(role), threads=2, name=role)
 
     monkeypatch.setattr(PL, "make_runner", runner)
@@ -108,7 +108,8 @@ def test_device_batches_fit_the_engines_profile(films, device, monkeypatch):
     class Capped(OnnxRuntimeRunner):
         max_batch = 2  # a TensorRT plan's optimisation-profile maximum
 
-    monkeypatch.setattr(PL, "make_runner", lambda b, role, backend, threads=0: Capped(b.model_path(role), name=role))
+    monkeypatch.setattr(PL, "make_runner",
+                        lambda b, role, backend, threads=0, server=None: Capped(b.model_path(role), name=role))
     with PL.Pipeline(FP32, backend="tensorrt", batch=8) as p:
         assert p.batch == 2
         out = list(p.run(films))

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from watch_support import (
     check_outcome,
@@ -71,6 +73,37 @@ def test_once_exactly_one_result_per_input(data_root, tiny_bundle, tmp_path):
     log = (out / "logs" / "watch.log").read_text()
     assert "img_" not in log and "bad_" not in log and "again_" not in log  # no file names in logs
     assert log.count("quarantined") == len(reasons)
+
+
+def test_views_are_written_per_content_and_can_be_turned_off(data_root, pipe, tmp_path):
+    """views/<sha256>_heat.png (the heat map on its crop grid) and _mask.png (the lung mask at the film's size)
+    for each scored film: the layers tbedge ui draws; a duplicate's result names the same files."""
+    from tbedge.outputs.files import HEAT_GRID
+
+    incoming, out = tmp_path / "in", tmp_path / "out"
+    incoming.mkdir()
+    src = real_images(data_root, 1, seed=5)[0]
+    (incoming / "a.png").write_bytes(src.read_bytes())
+    (incoming / "b.png").write_bytes(src.read_bytes())
+    (incoming / "empty.png").write_bytes(b"")
+    W.Watcher(_cfg(incoming, out, None), pipeline=pipe).run()
+    res = [json.loads(p.read_text()) for p in (out / "results").iterdir()]
+    ok = [r for r in res if r["status"] == "ok"]
+    assert len(ok) == 2 and [r["outputs"] for r in res if r["status"] != "ok"] == [None]
+    for r in ok:
+        validate_result(r)
+        kinds = {o["kind"]: out / o["path"] for o in r["outputs"] if o["error"] is None}
+        assert set(kinds) == {"heat", "mask"} and kinds["heat"].name == f"{r['sha256']}_heat.png"
+        heat = cv2.imread(str(kinds["heat"]), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(kinds["mask"]), cv2.IMREAD_UNCHANGED)
+        assert heat.dtype == np.uint8 and heat.ndim == 2 and heat.max() in (0, 255) and heat.shape[0] <= HEAT_GRID
+        assert mask.shape == cv2.imread(str(src), cv2.IMREAD_GRAYSCALE).shape and set(np.unique(mask)) <= {0, 255}
+    assert len(list((out / "views").iterdir())) == 2
+    out2 = tmp_path / "out2"
+    (incoming / "c.png").write_bytes(src.read_bytes())
+    W.Watcher(_cfg(incoming, out2, None, views=False), pipeline=pipe).run()
+    (r,) = [json.loads(p.read_text()) for p in (out2 / "results").iterdir()]
+    assert r["status"] == "ok" and r["outputs"] is None and not (out2 / "views").exists()
 
 
 def test_identical_content_again_later_is_a_duplicate(data_root, pipe, tmp_path):

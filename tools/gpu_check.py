@@ -363,7 +363,8 @@ def sec_pipeline(ctx: dict) -> dict:
 
     host, _ = _run_pipeline(FP32, "onnxruntime", ctx["images"])
     real = PL.make_runner
-    PL.make_runner = lambda bundle, role, backend, threads=0: OnnxRuntimeRunner(bundle.model_path(role), name=role)
+    PL.make_runner = lambda bundle, role, backend, threads=0, server=None: OnnxRuntimeRunner(bundle.model_path(role),
+                                                                                             name=role)
     try:
         dev, dev_ms = _run_pipeline(FP32, "tensorrt", ctx["images"])
     finally:

@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
 R=${RUNS:-runs}
-C=${CROPS:-$R/crops/}  # crop cache prefix: ${C}no_<site>_224.npz
 K=tbedge/models/keras
 cls_run=$1; shift
 mkdir -p "$K"
@@ -20,12 +19,14 @@ strip "$cls_run/best.keras" "$K/classifier.keras"
 python -c "import json, sys; c = json.load(open(sys.argv[1])); json.dump({'crop_prep': c.get('prep', 'box'), \
 'run': sys.argv[2], 'arch': c['arch'], 'seed': c['seed']}, open(sys.argv[3], 'w'), indent=1)" \
   "$cls_run/config.json" "$cls_run" "$K/classifier.json"
-# The threshold: out-of-site predictions only (each fold model on the site it never saw, site_val part).
+# The threshold: out-of-site predictions only (each fold model on the site it never saw, site_val part),
+# read from the crop cache and data sets that fold trained on (its config.json).
 preds=()
 for f in "$@"; do
-  fold=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['fold'])" "$f/config.json")
-  tbedge evaluate classifier "$f/best.keras" --data "${C}no_${fold}_224.npz" --fold "$fold" \
-    --part site_val --out "$f/eval_site_val" >/dev/null
+  read -r fold crops sets < <(python -c "import json,sys; c = json.load(open(sys.argv[1])); s = c.get('sets', 'core'); \
+print(c['fold'], c['crops'], s if isinstance(s, str) else ','.join(s))" "$f/config.json")
+  [ -f "$f/eval_site_val/predictions.csv" ] || tbedge evaluate classifier "$f/best.keras" --data "$crops" \
+    --sets "$sets" --fold "$fold" --part site_val --out "$f/eval_site_val" >/dev/null
   preds+=("$f/eval_site_val/predictions.csv")
 done
 tbedge train threshold "${preds[@]}" --output "$K/threshold.json" >/dev/null

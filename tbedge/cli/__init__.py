@@ -15,7 +15,8 @@ import typer
 from ..errors import TbedgeError
 from .common import _state, app, console
 
-for _commands in ("run", "listen", "build", "train"):  # importing a module registers its commands, in --help's order
+# Importing a module registers its commands, in --help's order.
+for _commands in ("run", "listen", "ui", "build", "triton", "train"):
     importlib.import_module(f"{__name__}.{_commands}")
 
 # OS errors about the paths a user gave are theirs to fix too.

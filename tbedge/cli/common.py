@@ -31,12 +31,22 @@ ENGINE = typer.Option(None, "--engine", help="Bundle directory (default: the shi
 
 
 def _backend(value: str) -> str:
-    if value not in ("auto", "onnxruntime", "tensorrt"):
-        raise typer.BadParameter(f"unknown backend {value!r}; choose auto, onnxruntime or tensorrt")
+    if value not in ("auto", "onnxruntime", "tensorrt", "triton"):
+        raise typer.BadParameter(f"unknown backend {value!r}; choose auto, onnxruntime, tensorrt or triton")
     return value
 
 
-BACKEND = typer.Option("auto", "--backend", callback=_backend, help="auto | onnxruntime | tensorrt")
+BACKEND = typer.Option("auto", "--backend", callback=_backend,
+                       help="auto | onnxruntime | tensorrt | triton (a Triton server: --server).")
+SERVER = typer.Option(None, "--server", envvar="TBEDGE_TRITON_SERVER",
+                      help="Triton server for --backend triton, grpc://HOST:PORT (docs/triton.md).")
+
+
+def backend_arg(backend: str, server: str | None) -> str:
+    """``--backend`` and ``--server`` as the one backend value the services pass to the pipeline."""
+    from ..runtime.pipeline import join_backend
+
+    return join_backend(backend, server)
 BATCH = typer.Option(0, "--batch", min=0, help="Images per inference batch (0 = auto: 1 on CPU, 8 on TensorRT).")
 THREADS = typer.Option(0, "--threads", min=0, help="Inference threads (0 = all cores).")
 STRICT = typer.Option(False, "--strict-engine", help="Refuse to start when the engine fails its self-test on this "

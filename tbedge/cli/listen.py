@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import BACKEND, BATCH, ENGINE, STRICT, THREADS, app
+from .common import BACKEND, BATCH, ENGINE, SERVER, STRICT, THREADS, app, backend_arg
 
 
 @app.command()
@@ -25,6 +25,7 @@ def listen(
     retry_max_s: float = typer.Option(300.0, "--retry-max-seconds", help="Longest wait between send retries."),
     engine: Path = ENGINE,
     backend: str = BACKEND,
+    server: str = SERVER,
     batch: int = BATCH,
     threads: int = THREADS,
     retention_days: int = typer.Option(30, "--retention-days", help="Keep processed films N days (0 = forever)."),
@@ -43,5 +44,6 @@ def listen(
     lcfg = ListenConfig(ae_title=ae_title, host=host, port=port, allowed_aes=allow_ae or None,
                         max_associations=max_associations, max_pdu=max_pdu, max_dataset_mb=max_dataset_mb,
                         send_to=send_to, calling_ae=calling_ae, retry_max_s=retry_max_s)
-    raise typer.Exit(run_listen(out, lcfg, engine, backend, batch, threads, retention_days or None, min_free_mb,
-                                max_attempts=max_attempts, strict_engine=strict_engine))
+    raise typer.Exit(run_listen(out, lcfg, engine, backend_arg(backend, server), batch, threads,
+                                retention_days or None, min_free_mb, max_attempts=max_attempts,
+                                strict_engine=strict_engine))

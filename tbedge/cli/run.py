@@ -11,10 +11,12 @@ from .common import (
     BACKEND,
     BATCH,
     ENGINE,
+    SERVER,
     STRICT,
     THREADS,
     _progress,
     app,
+    backend_arg,
     console,
 )
 
@@ -25,6 +27,7 @@ def screen(
     output: Path = typer.Option(..., "--output", "-o", help="Results file (JSON lines, one per input)."),
     engine: Path = ENGINE,
     backend: str = BACKEND,
+    server: str = SERVER,
     batch: int = BATCH,
     threads: int = THREADS,
     overlays: Path = typer.Option(None, "--overlays", help="Write overlay PNGs (lungs, heat map, score) here."),
@@ -42,11 +45,12 @@ def screen(
     from ..services.screen import EXIT_OUTPUTS_FAILED
     from ..services.screen import screen as run_screen
 
+    spec = backend_arg(backend, server)
     files, _ = expand_inputs(paths)
     prog, tick = _progress(len(files), "screening")
     with prog:
-        s = run_screen(paths, output, engine, backend, batch, threads, overlays, masks, dicom_out, tick,
-                       resume=resume, strict_engine=strict_engine)
+        s = run_screen(paths, output, engine, spec, batch, threads, overlays, masks,
+                       dicom_out, tick, resume=resume, strict_engine=strict_engine)
     print(f"{s.total} inputs -> {output}" + (f" ({s.resumed} kept from the interrupted run)" if s.resumed else "")
           + ": " + ", ".join(f"{k} {v}" for k, v in sorted(s.status.items()))
           + ("; triage " + ", ".join(f"{k} {v}" for k, v in sorted(s.triage.items())) if s.triage else "")
@@ -64,6 +68,7 @@ def watch(
     out: Path = typer.Option(..., "--out", help="Results folder (results/, processed/, quarantine/, index)."),
     engine: Path = ENGINE,
     backend: str = BACKEND,
+    server: str = SERVER,
     batch: int = BATCH,
     threads: int = THREADS,
     once: bool = typer.Option(False, "--once", help="Process what is there, then exit (for cron); exit 75 on a "
@@ -75,6 +80,8 @@ def watch(
     min_free_mb: float = typer.Option(500.0, "--min-free-mb", help="Pause intake below this free space."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Retries before an error is quarantined."),
     dicom_out: bool = typer.Option(True, "--dicom-out/--no-dicom-out", help="SC + SR for DICOM inputs."),
+    views: bool = typer.Option(True, "--views/--no-views", help="views/: heat map and lung mask of each scored "
+                               "film, for `tbedge ui`."),
     refer_window: int = typer.Option(200, "--refer-window", help="Check the referral rate over the last N "
                                      "films and warn when it leaves --refer-range (0 = off)."),
     refer_min_films: int = typer.Option(50, "--refer-min-films", help="Films needed before the check speaks."),
@@ -88,10 +95,11 @@ def watch(
     """
     from ..services.watch import watch as run_watch
 
-    raise typer.Exit(run_watch(incoming, out, engine, backend, batch, threads, once, stable_seconds, rescan_seconds,
-                               retention_days or None, min_free_mb, max_attempts, archive_dir,
+    raise typer.Exit(run_watch(incoming, out, engine, backend_arg(backend, server), batch, threads, once,
+                               stable_seconds, rescan_seconds, retention_days or None, min_free_mb, max_attempts,
+                               archive_dir,
                                dicom_out=dicom_out, refer_window=refer_window, refer_min_films=refer_min_films,
-                               refer_range=refer_range, strict_engine=strict_engine))
+                               refer_range=refer_range, strict_engine=strict_engine, views=views))
 
 
 @app.command()
@@ -100,6 +108,7 @@ def segment(
     out: Path = typer.Option(..., "--out", help="Output directory for masks and overlays."),
     engine: Path = ENGINE,
     backend: str = BACKEND,
+    server: str = SERVER,
     strict_engine: bool = STRICT,
 ):
     """Write the cleaned lung mask (input resolution) and a contour + box overlay per image.
@@ -109,7 +118,7 @@ def segment(
     from ..services.screen import EXIT_OUTPUTS_FAILED
     from ..services.segment import OUTPUT_FAILED, segment_files
 
-    files, skipped = segment_files(images, out, engine, backend, strict_engine)
+    files, skipped = segment_files(images, out, engine, backend_arg(backend, server), strict_engine)
     line = f"{len(files)} images -> {out}"
     if skipped:  # reason codes only: file names may carry patient names
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
@@ -162,6 +171,7 @@ def bench(
     images: list[str] = typer.Argument(None, help="Image folder(s) or files (default: synthetic phantoms)."),
     engine: list[Path] = typer.Option(None, "--engine", help="Bundle(s) to compare (repeatable)."),
     backend: str = BACKEND,
+    server: str = SERVER,
     precision: str = typer.Option(None, "--precision", help="e.g. int8, fp32,int8 or all (sibling bundles)."),
     batch: int = BATCH,
     threads: int = THREADS,
@@ -171,14 +181,29 @@ def bench(
     rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds (medians are reported)."),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the naive Keras baseline."),
     json_path: Path = typer.Option(None, "--json", help="Write the full report as JSON."),
+    clients: str = typer.Option("1,4,8", "--clients", help="--backend triton: concurrent client counts."),
 ):
     """Throughput and latency per stage, model-only speed, efficiency, peak RSS, vs a Keras baseline.
+    With --backend triton: 1, 4 and 8 concurrent clients against the server (docs/triton.md).
 
     Example: tbedge bench ../shared/data/shenzhen_montgomery_512/images --json out.json
     """
     from ..tools.bench import bench as run
     from ..tools.bench import print_report
 
+    spec = backend_arg(backend, server)  # refuses --server without --backend triton
+    if backend == "triton":
+        from ..tools.bench_triton import bench_clients, render
+
+        try:
+            counts = [int(c) for c in clients.split(",") if c.strip()]
+        except ValueError as e:
+            raise typer.BadParameter(f"--clients {clients!r}: give counts like 1,4,8") from e
+        rep = bench_clients(images or None, engine[0] if engine else None, spec, counts,
+                            batch or 8, threads, duration or 10.0, warmup, json_path,
+                            progress=lambda label: console.print(label, markup=False, highlight=False))
+        print(render(rep))
+        return
     rep = run(images or None, engine or None, backend, precision, batch or 1, threads, duration, iterations, warmup,
               rounds, json_path, progress=lambda label: console.print(label, markup=False, highlight=False),
               baseline=not no_baseline)

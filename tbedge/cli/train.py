@@ -114,6 +114,10 @@ def train_classifier(
     sets: str = SETS,
     film_look: float = typer.Option(0.0, "--film-look", help="Film-look augmentation on every class (resolution, "
                                     "H&D curve, grain, sharpening, strokes), its probabilities scaled by P; 0 = off."),
+    select_without: str = typer.Option("", "--select-without", help="Comma-separated sites left out of the "
+                                       "selection part (e.g. tb_more,covid: acquisition tells their classes apart)."),
+    site_balance: bool = typer.Option(False, "--site-balance", help="Draw training films site x class balanced "
+                                      "(each class shared equally by its sites) instead of class-weighting the loss."),
 ):
     """Train a TB classifier (normal / TB / other) on lung crops; selection never sees test patients.
 
@@ -128,6 +132,7 @@ def train_classifier(
     config = TrainConfig(seed=seed, epochs=epochs, budget_minutes=budget_minutes, fold=fold, patience=patience,
                          prep=prep, size=size, aug_strength=aug_strength, nih_weight=nih_weight,
                          lung_power=lung_power, train_fraction=train_fraction, sets=sets, film_look_p=film_look,
+                         select_without=tuple(s for s in select_without.split(",") if s), site_balance=site_balance,
                          experimental=rejected)
     state = run(data, arch, out, config)
     print(f"best {state.get('best')} at epoch {state.get('best_epoch', -1) + 1}; model {out / 'best.keras'}")

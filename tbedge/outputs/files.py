@@ -60,6 +60,13 @@ def shown_heat(s: Scored) -> np.ndarray:
     return heat_in_crop(s.cam, s.lung_weights)  # the device path brings back only the lung weights
 
 
+def heat_png(s: Scored) -> np.ndarray:
+    """The shown heat map (:func:`shown_heat`) as 8-bit grey on its crop grid: 0 = no evidence, 255 = the
+    film's hottest lung point. It covers ``result.lungs.bbox``; a viewer colours it and lays it over the film
+    at any opacity (``tbedge ui``), where :func:`render_overlay` bakes it into one picture."""
+    return np.round(shown_heat(s) * 255).astype(np.uint8)
+
+
 def render_overlay(s: Scored) -> np.ndarray:
     """Original film with lung contour, crop box, TB heat map and score (BGR uint8)."""
     img = s.image.pixels

@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import schema
+from ..errors import TbedgeError
 from . import lungs as L
 from .bundle import ROLES, Bundle, SelfTestError, fp32_fallback, load_bundle, run_self_test
 from .imaging import LoadedImage, load_image
+from .runners.base import RunnerUnavailable
 
 log = logging.getLogger("tbedge.pipeline")
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 @dataclass
@@ -60,7 +62,28 @@ def gpu_available() -> bool:
     return probe()[0]
 
 
+def join_backend(backend: str, server: str | None) -> str:
+    """One backend value for ``--backend`` and ``--server``: ``triton:grpc://host:8001`` for a Triton
+    server, so the services pass it through to the pipeline as they pass any backend name."""
+    if backend == "triton":
+        if not server:
+            raise TbedgeError("--backend triton needs --server grpc://HOST:PORT (or TBEDGE_TRITON_SERVER)")
+        return f"triton:{server}"
+    if server:
+        raise TbedgeError(f"--server is for --backend triton, not {backend}")
+    return backend
+
+
+def split_backend(spec: str) -> tuple[str, str | None]:
+    """``triton:URL`` -> ("triton", URL); any other backend name -> (name, None)."""
+    name, sep, server = spec.partition(":")
+    if name == "triton" and sep:
+        return name, server
+    return spec, None
+
+
 def resolve_backend(bundle: Bundle, backend: str) -> str:
+    backend = split_backend(backend)[0]
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -68,7 +91,13 @@ def resolve_backend(bundle: Bundle, backend: str) -> str:
     return backend
 
 
-def make_runner(bundle: Bundle, role: str, backend: str, threads: int = 0):
+def make_runner(bundle: Bundle, role: str, backend: str, threads: int = 0, server: str | None = None):
+    if backend == "triton":
+        if not server:
+            raise TbedgeError("the triton backend needs a server: --backend triton --server grpc://HOST:PORT")
+        from .runners.triton import TritonRunner  # lazy: tritonclient is an optional extra
+
+        return TritonRunner.from_bundle(bundle, role, server)
     if backend == "tensorrt":
         from .runners.tensorrt import TensorRTRunner  # lazy: the CPU path never imports TensorRT
 
@@ -107,8 +136,10 @@ class Pipeline:
         self.roles = roles  # ("lungs",): find the lungs only (tbedge segment); no classifier is loaded
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = resolve_backend(self.bundle, backend)
-        # 0 = auto: on a small CPU batch 1 measured fastest (tbedge bench, README); GPUs want batches.
-        self.batch = int(batch) if batch else (8 if self.backend == "tensorrt" else 1)
+        self.server = split_backend(backend)[1]  # the Triton server's URL (triton backend only)
+        # 0 = auto: on a small CPU batch 1 measured fastest (tbedge bench, README); GPUs want batches, and a
+        # Triton server pays a network round trip per request.
+        self.batch = int(batch) if batch else (8 if self.backend in ("tensorrt", "triton") else 1)
         self.threads = threads
         self.decode_workers = max(1, decode_workers)
         self.self_test = self_test
@@ -154,10 +185,13 @@ class Pipeline:
 
     def _load(self, bundle: Bundle) -> None:
         for role in self.roles:
-            r = make_runner(bundle, role, self.backend, self.threads)
+            r = make_runner(bundle, role, self.backend, self.threads, self.server)
             self.runners[role] = r
             r.activate()
-            self.models[role] = schema.ModelInfo(**bundle.model_info(role, self.backend))
+            info = bundle.model_info(role, self.backend)
+            if getattr(r, "served_sha256", None):  # what a model server says it serves (checked against the bundle)
+                info["sha256"] = r.served_sha256
+            self.models[role] = schema.ModelInfo(**info)
         if self.self_test:
             self.self_test_deviation = run_self_test(bundle, self.runners, self.roles)
         if self.backend == "tensorrt":
@@ -220,6 +254,8 @@ class Pipeline:
         try:
             out = runner.infer({name: x})
             return [{k: v[i] for k, v in out.items()} for i in range(len(x))]
+        except RunnerUnavailable as e:  # the backend is away, not one input bad: the batch fails as one
+            return [e] * len(x)
         except Exception as e:  # noqa: BLE001
             if len(x) == 1:
                 return [e]

@@ -22,7 +22,7 @@ def watch(incoming: str | Path, out: str | Path, engine: str | Path | None = Non
           max_attempts: int = 3, archive_dir: str | Path | None = None,
           processed_dir: str | Path | None = None, dicom_out: bool = True,
           install_signal_handlers: bool = True, refer_window: int = 200, refer_min_films: int = 50,
-          refer_range: tuple[float, float] = (0.05, 0.95), strict_engine: bool = False) -> int:
+          refer_range: tuple[float, float] = (0.05, 0.95), strict_engine: bool = False, views: bool = True) -> int:
     """Run the folder service until SIGTERM/SIGINT (or, with ``once``, until INCOMING is empty).
 
     Returns the exit code: 0 after a clean stop; with ``once``, EX_TEMPFAIL (75) when the run gave up on a
@@ -33,5 +33,6 @@ def watch(incoming: str | Path, out: str | Path, engine: str | Path | None = Non
                       rescan_seconds=rescan_seconds, retention_days=retention_days, archive_dir=archive_dir,
                       processed_dir=processed_dir, min_free_mb=min_free_mb, max_attempts=max_attempts,
                       dicom_out=dicom_out, refer_window=refer_window, refer_min_films=refer_min_films,
-                      refer_low=refer_range[0], refer_high=refer_range[1], strict_engine=strict_engine)
+                      refer_low=refer_range[0], refer_high=refer_range[1], strict_engine=strict_engine,
+                      views=views)
     return serve(Watcher(cfg), "watch.log", install_signal_handlers)

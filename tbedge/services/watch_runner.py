@@ -11,6 +11,7 @@ Files dropped into INCOMING are scored once each; RESULTS gets::
   quarantine/<reason>/...                      rejected inputs and inputs that kept failing
   quarantine/unfinished/<id>_<sha[:12]>.ext    scored inputs whose move kept failing (the queue goes on)
   dicom/<source SOP UID>_{sc,sr}.dcm           Secondary Capture + Structured Report (DICOM inputs)
+  views/<sha256>_{heat,mask}.png               heat map (crop grid) and lung mask of each scored film (tbedge ui)
   logs/watch.log                               rotated; inputs named by journal id + sha256 prefix
   journal.sqlite                               the durable state machine (see journal.py)
 
@@ -39,9 +40,16 @@ from .journal import FINISHING_STATES, QUEUED_STATES, Journal
 from .refer_rate import STATE_FILE, ReferRateCheck
 from .watch_finish import Finishing
 from .watch_intake import Intake
-from .watch_store import ResultsIndex, _is_disk_full, _tag, _Tracked, apply_retention, log
-
-ENGINE_STATE_FILE = "engine.json"
+from .watch_store import (
+    ENGINE_STATE_FILE,
+    VIEWS_DIR,
+    ResultsIndex,
+    _is_disk_full,
+    _tag,
+    _Tracked,
+    apply_retention,
+    log,
+)
 
 LOG_MAX_BYTES = 10 * 2**20
 LOG_BACKUPS = 10
@@ -68,6 +76,7 @@ class WatchConfig:
     min_free_mb: float = 500.0
     max_attempts: int = 3
     dicom_out: bool = True
+    views: bool = True  # views/: heat map + lung mask per scored film, the layers `tbedge ui` draws
     use_events: bool = True
     pause_retry_seconds: float = 10.0  # while paused for space: how often to check again
     retry_seconds: float = 5.0  # after a failed step: how long to wait before the next
@@ -114,6 +123,7 @@ class Watcher(Intake, Finishing):
         self.results_dir = cfg.out / "results"
         self.quarantine_dir = cfg.out / "quarantine"
         self.dicom_dir = cfg.out / "dicom"
+        self.views_dir = cfg.out / VIEWS_DIR
         self.journal: Journal | None = None
         self.index: ResultsIndex | None = None
         self._last_retention = 0.0
@@ -190,7 +200,7 @@ class Watcher(Intake, Finishing):
 
     def _remove_stale_temps(self) -> None:
         """Temp files of atomic writes cut short by a crash (we hold the lock: nobody else writes here)."""
-        for d in (self.results_dir, self.dicom_dir):
+        for d in (self.results_dir, self.dicom_dir, self.views_dir):
             if d.is_dir():
                 for p in d.iterdir():
                     if p.name.startswith(".") and ".tmp" in p.name:
@@ -268,7 +278,29 @@ class Watcher(Intake, Finishing):
         if self.cfg.dicom_out and r.status == schema.STATUS_OK and s.image is not None \
                 and getattr(s.image, "dataset", None) is not None:
             r.outputs = self._write_dicom(row, s)
+        if self.cfg.views and r.status == schema.STATUS_OK and s.cam is not None and s.lungs is not None:
+            r.outputs = (r.outputs or []) + self._write_views(row, s)
         self._record_scored(row, r)
+
+    def _write_views(self, row, s) -> list[dict]:
+        """views/<sha256>_heat.png and _mask.png, before "scored" is committed (like the DICOM outputs): the
+        layers a viewer draws over the film. Named by content, so a duplicate's result (a copy of the first
+        one's) names the same files. A failure is recorded on the result and never loses the score."""
+        from ..outputs.files import heat_png, native_mask, write_png
+
+        records = []
+        for kind, make in (("heat", heat_png), ("mask", native_mask)):
+            p = self.views_dir / f"{row['sha256']}_{kind}.png"
+            error = None
+            try:
+                write_png(p, make(s))
+            except Exception as e:  # noqa: BLE001 - a view output failure must not lose the score
+                if _is_disk_full(e):
+                    raise
+                error = type(e).__name__
+                log.warning("%s: %s view output failed (%s)", _tag(row), kind, error)
+            records.append({"kind": kind, "path": p.relative_to(self.cfg.out).as_posix(), "error": error})
+        return records
 
     def _write_dicom(self, row, s) -> list[dict]:
         """SC + SR, before "scored" is committed (after a crash the entry is rescored and these rewritten);

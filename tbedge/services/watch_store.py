@@ -26,6 +26,8 @@ INDEX_COLUMNS = ("entry", "scored_at", "input", "status", "reason", "tb_score", 
                  "duplicate_of", "sha256", "sop_instance_uid", "result", "moved_to")
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 UNFINISHED_DIR = "unfinished"  # quarantine/unfinished/: inputs whose file steps kept failing
+ENGINE_STATE_FILE = "engine.json"  # which models score here (watch_runner writes it, tbedge ui reads it)
+VIEWS_DIR = "views"  # <sha256>_heat.png, <sha256>_mask.png per scored film (watch_runner._write_views)
 
 
 def with_entry_id(dest: Path, entry_id: int) -> Path:

@@ -85,6 +85,20 @@ def balanced_weights(y: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.nda
     return w[y].astype(np.float32)
 
 
+def site_class_weights(y: np.ndarray, site: np.ndarray) -> np.ndarray:
+    """Per-sample weights (mean 1): every present class the same total, shared equally by the sites that
+    bring it. Within a site with both classes, TB and normal then weigh about alike, so the site's look
+    says little about the label (``tb_more``: 1,600 scanned TB films against 260 digital normals)."""
+    w = np.zeros(len(y))
+    classes = np.unique(y)
+    for c in classes:
+        sites = np.unique(site[y == c])
+        for s in sites:
+            m = (y == c) & (site == s)
+            w[m] = 1.0 / (len(classes) * len(sites) * m.sum())
+    return (w * len(y)).astype(np.float32)
+
+
 def predict_probabilities(model, x_uint8: np.ndarray, batch: int = 32) -> np.ndarray:
     """(n, S, S, C) uint8 inputs -> (n, 3) probabilities with a Keras model (inference mode)."""
     from keras import ops
@@ -217,6 +231,7 @@ class _Data:
     wtr: np.ndarray
     wse: np.ndarray
     ytrue: np.ndarray
+    sample_p: np.ndarray | None = None  # site x class balanced sampling: draw probabilities (loss weights 1)
 
 
 def _load_data(crops_npz: str | Path, cfg: TrainConfig, log: Callable[[str], None]) -> _Data:
@@ -233,6 +248,9 @@ def _load_data(crops_npz: str | Path, cfg: TrainConfig, log: Callable[[str], Non
     parts = crops.parts(cfg.fold, seed=cfg.split_seed, sets=sets)
     sel_name = "site_val" if cfg.fold else "val"
     tr, sel = parts["train"], parts[sel_name]
+    if cfg.select_without:
+        sel = sel[~np.isin(crops.site[sel], list(cfg.select_without))]
+        log(f"selection on {sel_name} without {', '.join(cfg.select_without)}: {len(sel)} films")
     if cfg.train_fraction != 1.0:  # train_subset refuses a share outside (0, 1]
         tr = train_subset(tr, crops.site[tr], crops.label[tr], cfg.train_fraction, cfg.seed)
     xtr, ytr = raw_arrays(crops, tr, size, cfg.prep), class_index(crops.label[tr])  # augmented, then prepared
@@ -241,13 +259,17 @@ def _load_data(crops_npz: str | Path, cfg: TrainConfig, log: Callable[[str], Non
     if cfg.fold:  # in-distribution val of the other sites: logged only, never selects
         extra = (crop_arrays(crops, parts["val"], size, cfg.prep), class_index(crops.label[parts["val"]]))
     strength = aug_strengths(crops.site[tr], cfg.aug_strength, x.nih_aug_strength)
-    wtr = balanced_weights(ytr)
+    wtr = site_class_weights(ytr, crops.site[tr]) if cfg.site_balance else balanced_weights(ytr)
     wtr = nih_weights(wtr, crops.site[tr], ytr, cfg.nih_weight, x.nih_normal_weight)
+    sample_p = None
+    if cfg.site_balance:  # draw by weight instead of weighting the loss: a Montgomery TB film weighs ~40x
+        sample_p = wtr.astype(np.float64) / wtr.astype(np.float64).sum()  # a tb_more one: resample it
+        wtr = np.ones_like(wtr)
     wse = balanced_weights(yse)
     ytrue = np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr]
     if x.nih_not_tb != "none":  # a 4th column flags the rows the loss scores given "not TB"
         ytrue = np.concatenate([ytrue, not_tb_flags(crops.site[tr], ytr, x.nih_not_tb)[:, None]], axis=1)
-    return _Data(crops, size, sel_name, tr, sel, xtr, ytr, xse, yse, extra, strength, wtr, wse, ytrue)
+    return _Data(crops, size, sel_name, tr, sel, xtr, ytr, xse, yse, extra, strength, wtr, wse, ytrue, sample_p)
 
 
 def _compile_model(arch: str, d: _Data, cfg: TrainConfig) -> tuple:
@@ -324,7 +346,10 @@ def _batch_maker(d: _Data, cfg: TrainConfig, targets: list, weights: list, steps
     def batches(epoch):
         clock.start_epoch()
         rng = np.random.default_rng([cfg.seed, epoch])
-        order = rng.permutation(len(d.xtr))[:steps * cfg.batch]
+        if d.sample_p is None:
+            order = rng.permutation(len(d.xtr))[:steps * cfg.batch]
+        else:
+            order = rng.choice(len(d.xtr), steps * cfg.batch, p=d.sample_p)
         for i in range(0, len(order), cfg.batch):
             idx = order[i:i + cfg.batch]
             bx = np.empty((len(idx), *d.xtr.shape[1:]), np.float32)

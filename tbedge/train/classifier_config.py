@@ -62,7 +62,11 @@ class TrainConfig:
     ``sets`` ("core" | "all" | set names, ``datasets.SET_DIRS``): the data sets of the cache to use;
     "core" (Shenzhen, Montgomery, NIH) is the shipped recipe whatever else the cache holds, "all" adds
     tb_more (a TB site: its own fold) and covid ("other"). ``film_look_p``: film-look augmentation
-    (``augment.film_look``), its probabilities scaled by P; 0 = off. ``experimental``: the rejected
+    (``augment.film_look``), its probabilities scaled by P; 0 = off. ``select_without``: sites left out of
+    the selection part (e.g. ("tb_more", "covid"): their val films are told apart by acquisition, so an
+    epoch chosen on them rewards the shortcut). ``site_balance``: draw training films with probability by
+    ``classifier.site_class_weights`` (each class's weight shared equally by its sites) instead of
+    class-weighting the loss. ``experimental``: the rejected
     levers (``Experimental``; a mapping of its field names is accepted and converted).
     """
 
@@ -86,6 +90,8 @@ class TrainConfig:
     train_fraction: float = 1.0
     sets: str | tuple = "core"
     film_look_p: float = 0.0
+    select_without: tuple = ()
+    site_balance: bool = False
     experimental: Experimental = field(default_factory=Experimental)
 
     def __post_init__(self):
@@ -139,4 +145,5 @@ def run_config(cfg: TrainConfig, arch: str, size: int, selection: str) -> dict:
             "nih_aug_strength": x.nih_aug_strength, "nih_adversary": x.nih_adversary,
             "film_look_p": cfg.film_look_p, "lung_power": cfg.lung_power, "average_from": x.average_from,
             "mixup_alpha": x.mixup_alpha, "train_fraction": cfg.train_fraction,
-            "sets": cfg.sets if isinstance(cfg.sets, str) else list(cfg.sets)}
+            "sets": cfg.sets if isinstance(cfg.sets, str) else list(cfg.sets),
+            "select_without": list(cfg.select_without), "site_balance": cfg.site_balance}

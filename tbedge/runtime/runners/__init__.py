@@ -1,5 +1,5 @@
-"""Inference backends behind one Runner protocol. TensorRT is imported lazily, never here."""
+"""Inference backends behind one Runner protocol. TensorRT and tritonclient are imported lazily, never here."""
 
-from .base import Runner, TensorSpec
+from .base import Runner, RunnerUnavailable, TensorSpec
 
-__all__ = ["Runner", "TensorSpec"]
+__all__ = ["Runner", "RunnerUnavailable", "TensorSpec"]

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class RunnerUnavailable(RuntimeError):
+    """The backend as a whole cannot answer (a model server gone, after the runner's own retries).
+
+    Not the inputs' fault: the pipeline fails the whole batch with it at once instead of retrying its
+    items one by one, and every film of the batch gets its stage's ``error_*`` result."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

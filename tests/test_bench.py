@@ -95,6 +95,7 @@ def test_bench_report(tiny, films, tmp_path):
         assert c["backend"] == "onnxruntime" and c["bundle"]["precision"] == {"lungs": "fp32",
                                                                               "classifier": "fp32"}
         assert c["model_only"]["batch"] == 2 and c["model_only"]["device_ms"] is None
+        assert c["device_ms"] is None  # the pipeline's device path is the TensorRT backend's
         ratio = c["throughput_ips"] / rep["baseline"]["throughput_ips"]
         assert c["speedup_vs_baseline"] == pytest.approx(ratio)
         assert set(c["targets"]) == set(B.TARGETS)

@@ -125,6 +125,55 @@ def test_runner_constructs_without_tensorrt(tmp_path):
         r.infer({"image": np.zeros((1, 256, 256, 1), np.float32)})
 
 
+class _Context:
+    """Stands in for a TensorRT execution context (TensorRT is not installable here): records bindings."""
+
+    def __init__(self, log):
+        self.log, self.shapes, self.addr = log, {}, {}
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+
+    def set_tensor_address(self, name, addr):
+        self.addr[name] = addr
+
+    def get_tensor_shape(self, name):
+        return (self.shapes["image"][0], 16, 16, 1)
+
+    def execute_async_v3(self, stream):
+        self.log.append((self, stream))
+        return True
+
+
+def test_infer_device_binds_addresses_with_one_context_per_stream(monkeypatch):
+    """The device pipeline's two slots enqueue on two streams: each gets its own execution context and
+    its own output buffers; given addresses are bound as they are; the runner's stream keeps its own."""
+    import fake_cuda
+
+    fake_cuda.install(monkeypatch)
+    log: list = []
+    r = T.TensorRTRunner(b"plan", name="lungs")
+    r.engine = SimpleNamespace(create_execution_context=lambda: _Context(log))
+    r.context, r.stream, r.is_active = _Context(log), fake_cuda.Stream(), True
+    r.io = {"image": T._IO("image", True, (-1, 16, 16, 1), "float32",
+                           T.Profile((1, 16, 16, 1), (2, 16, 16, 1), (4, 16, 16, 1))),
+            "mask": T._IO("mask", False, (-1, 16, 16, 1), "float32", None)}
+    a, b = fake_cuda.Stream(), fake_cuda.Stream()
+    out_a = r.infer_device({"image": 1000}, 2, stream=a)
+    out_b = r.infer_device({"image": 2000}, 3, stream=b)
+    r.infer_device({"image": 3000}, 1, stream=a)
+    r.infer_device({"image": 4000}, 1)
+    ctx = [c for c, _ in log]
+    assert ctx[0] is ctx[2] and ctx[0] is not ctx[1] and ctx[3] is r.context and ctx[1] is not r.context
+    assert [s for _, s in log] == [a.ptr, b.ptr, a.ptr, r.stream.ptr]
+    assert ctx[1].addr["image"] == 2000 and ctx[1].shapes["image"] == (3, 16, 16, 1)
+    assert out_a["mask"][0] != out_b["mask"][0] and out_b["mask"][1:] == ((3, 16, 16, 1), "float32")
+    given = r.infer_device({"image": 1}, 2, outputs={"mask": 777}, stream=b)
+    assert given["mask"][0] == 777 and ctx[1].addr["mask"] == 777
+    with pytest.raises(ValueError, match="exceeds the plan's maximum"):
+        r.infer_device({"image": 1}, 5, stream=a)
+
+
 def test_plans_ok_and_cli(tmp_path):
     from typer.testing import CliRunner
 

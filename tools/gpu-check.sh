@@ -1,10 +1,13 @@
 #!/bin/sh
 # One command for a GPU host (Jetson Orin, or any NVIDIA GPU):
-#   tools/gpu-check.sh [IMAGE_FOLDER] [--n 8] [--bundle DIR] [--json out.json]
-# Checks the CUDA kernels against tbedge's CPU (OpenCV) preprocessing on real images, times
-# transfers and kernels, and - where TensorRT is installed - builds plans, compares them with
-# ONNX Runtime and benchmarks them. Sections without their prerequisites are reported as skipped,
-# with the reason. Exit status 1 when any check that ran failed.
+#   tools/gpu-check.sh [IMAGE_FOLDER] [--n 8] [--only SECTION,...] [--json out.json]
+# Checks the CUDA kernels against tbedge's CPU (OpenCV) preprocessing on real images, the lung-masked
+# classifier input against lungs.classifier_input, and the device pipeline (Pipeline with the
+# TensorRT backend's memory path) against the CPU pipeline; times transfers and kernels; and - where
+# TensorRT is installed - builds fp32 plans with `tbedge build-engine`, compares them with ONNX
+# Runtime, benchmarks them and runs the whole TensorRT device pipeline against the CPU pipeline
+# (decisions equal, tb_probability within 1e-3). Sections without their prerequisites are reported
+# as skipped, with the reason. Exit status 1 when any check that ran failed. docs/gpu.md.
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"

@@ -6,7 +6,14 @@ Sections, each run when its prerequisites exist and otherwise reported as skippe
   tables     the resize tables vs cv2 on real images (CPU only; proves the algorithm)
   kernels    GpuPreprocessor vs tbedge's CPU preprocessing on real images (max abs error <= 1/255)
   timing     H2D / resize / crop / threshold / D2H with CUDA events, vs the CPU path
-  tensorrt   plans from the bundle's ONNX, parity with ONNX Runtime, latency per batch
+  masked     the lung-masked classifier input (every crop prep) on the GPU vs its numpy reference and
+             lungs.classifier_input, on real films with the shipped lung model's masks, pinned and mapped
+  pipeline   the whole device path of Pipeline (two slots, streams, kernels) on CUDA, the models run by
+             ONNX Runtime through Runner.infer_device's host round trip, vs the CPU pipeline
+  tensorrt   fp32 plans built by `tbedge build-engine` from the fp32 bundle, parity with ONNX Runtime,
+             latency per batch
+  tensorrt_pipeline  Pipeline(backend="tensorrt") on those plans vs the CPU pipeline on the fp32 bundle:
+             decisions equal, tb_probability within 1e-3; device ms per stage (H2D, compute, D2H)
 
 Writes a JSON summary (--json) and exits 1 if any check that ran failed.
 """
@@ -24,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 TOL = 1.0 / 255
+TB_TOL = 1e-3  # device pipeline vs CPU pipeline, fp32 models (issue 24)
 REPO = Path(__file__).resolve().parents[1]
+FP32 = REPO / "tbedge" / "models" / "fp32"
 sys.path.insert(0, str(REPO))
 
 
@@ -206,23 +215,22 @@ def sec_timing(ctx: dict, reps: int = 20) -> dict:
     return out
 
 
-def _build_plans(bundle_dir: Path | None, work: Path, ctx: dict) -> Path:
-    """Plans via the project's CLI (the one way tbedge builds them); skipped when it lacks build-engine."""
-    cli = subprocess.run([sys.executable, "-m", "tbedge.cli", "build-engine", "--help"], capture_output=True,
-                         cwd=REPO)
+def _build_plans(work: Path, ctx: dict) -> Path:
+    """fp32 plans from the fp32 bundle's ONNX, via the project's CLI (the one way tbedge builds them);
+    built once per run."""
+    if "plans" in ctx:
+        return ctx["plans"]
     out = work / "engines"
-    if cli.returncode == 0:
-        src = ["--default"] if bundle_dir is None else ["--engine", str(bundle_dir)]
-        r = subprocess.run([sys.executable, "-m", "tbedge.cli", "build-engine", *src, "--target", "tensorrt",
-                            "--out", str(out)], cwd=REPO, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise AssertionError(f"tbedge build-engine failed:\n{r.stdout}\n{r.stderr}")
-        ctx["plan_source"] = "tbedge build-engine"
-        return out
-    raise Skip("the CLI has no build-engine command yet; parity needs plans built by it")
+    r = subprocess.run([sys.executable, "-m", "tbedge", "build-engine", str(FP32), "--precision", "fp32",
+                        "--target", "tensorrt", "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"tbedge build-engine failed:\n{r.stdout}\n{r.stderr}")
+    ctx["plan_source"] = f"tbedge build-engine {FP32.name} --precision fp32 --target tensorrt"
+    ctx["plans"] = out
+    return out
 
 
-def sec_tensorrt(ctx: dict, bundle: str | None, batches=(1, 4, 8)) -> dict:
+def sec_tensorrt(ctx: dict, batches=(1, 4, 8)) -> dict:
     _need_gpu(ctx)
     if not ctx.get("trt"):
         raise Skip("TensorRT is not installed")
@@ -232,39 +240,150 @@ def sec_tensorrt(ctx: dict, bundle: str | None, batches=(1, 4, 8)) -> dict:
     from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
     from tbedge.runtime.runners.tensorrt import TensorRTRunner
 
-    try:
-        b = load_bundle(bundle)
-    except Exception as e:  # noqa: BLE001
-        raise Skip(f"no usable bundle ({e})") from e
-    with tempfile.TemporaryDirectory() as td:
-        t0 = time.perf_counter()
-        eng = load_bundle(_build_plans(Path(bundle) if bundle else None, Path(td), ctx))
-        res: dict = {"build_s": round(time.perf_counter() - t0, 1), "plan_source": ctx.get("plan_source")}
-        imgs = [load_image(p).pixels for p in ctx["images"][:8]]
-        feeds = {"lungs": np.stack([lungs.preprocess(i, b.input_size("lungs")) for i in imgs])}
-        sz = b.input_size("classifier")
-        crops = [lungs.crop(i, lungs.fallback_box(i.shape), sz)[..., None] for i in imgs]
-        feeds["classifier"] = np.stack(crops)
-        for role in ROLES:
-            name = b.entry(role)["input"]["name"]
-            with OnnxRuntimeRunner(b.model_path(role)) as o, TensorRTRunner.from_bundle(eng, role) as t:
-                ref, got = o.infer({name: feeds[role]}), t.infer({name: feeds[role]})
-                err = {k: float(np.abs(got[k].reshape(ref[k].shape) - ref[k]).max()) for k in ref}
-                lat = {}
-                for bs in batches:
-                    if bs > t.max_batch:
-                        continue
-                    x = np.repeat(feeds[role][:1], bs, axis=0)
-                    for _ in range(3):
-                        t.infer({name: x})
-                    ms = []
-                    for _ in range(20):
-                        t.infer({name: x})
-                        ms.append(t.last_inference_ms)
-                    lat[bs] = round(float(np.median(ms)), 3)
-                res[role] = {"max_abs_err_vs_onnxruntime": err, "latency_ms_median_by_batch": lat,
-                             "precision": eng.plan(role).get("precision")}
+    b = load_bundle(FP32)
+    t0 = time.perf_counter()
+    eng = load_bundle(_build_plans(ctx["work"], ctx))
+    res: dict = {"build_s": round(time.perf_counter() - t0, 1), "plan_source": ctx.get("plan_source")}
+    imgs = [load_image(p).pixels for p in ctx["images"][:8]]
+    feeds = {"lungs": np.stack([lungs.preprocess(i, b.input_size("lungs")) for i in imgs])}
+    sz = b.input_size("classifier")
+    feeds["classifier"] = np.stack([lungs.stack_input(lungs.crop(i, lungs.fallback_box(i.shape), sz), None,
+                                                      b.crop_prep) for i in imgs])
+    for role in ROLES:
+        name = b.entry(role)["input"]["name"]
+        with OnnxRuntimeRunner(b.model_path(role)) as o, TensorRTRunner.from_bundle(eng, role) as t:
+            ref, got = o.infer({name: feeds[role]}), t.infer({name: feeds[role]})
+            err = {k: float(np.abs(got[k].reshape(ref[k].shape) - ref[k]).max()) for k in ref}
+            lat = {}
+            for bs in batches:
+                if bs > t.max_batch:
+                    continue
+                x = np.repeat(feeds[role][:1], bs, axis=0)
+                for _ in range(3):
+                    t.infer({name: x})
+                ms = []
+                for _ in range(20):
+                    t.infer({name: x})
+                    ms.append(t.last_inference_ms)
+                lat[bs] = round(float(np.median(ms)), 3)
+            res[role] = {"max_abs_err_vs_onnxruntime": err, "latency_ms_median_by_batch": lat,
+                         "precision": eng.plan(role).get("precision")}
     return res
+
+
+def _found(ctx: dict) -> list:
+    """(path, image, LungResult) for the films, masks from the fp32 lung model on ONNX Runtime."""
+    if "found" not in ctx:
+        from tbedge.runtime import lungs
+        from tbedge.runtime.bundle import load_bundle
+        from tbedge.runtime.imaging import load_image
+        from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
+
+        out = []
+        with OnnxRuntimeRunner(load_bundle(FP32).model_path("lungs")) as r:
+            for p in ctx["images"]:
+                img = load_image(p).pixels
+                heat = r.infer({"image": lungs.preprocess(img)[None]})["mask"][0, ..., 0]
+                out.append((p, img, lungs.analyse(heat, img.shape)))
+        ctx["found"] = out
+    return ctx["found"]
+
+
+def sec_masked(ctx: dict, batch: int = 4) -> dict:
+    """Every crop prep, pinned and mapped: GPU input vs the numpy reference (the kernels' own arithmetic:
+    <= 1e-5) and vs lungs.classifier_input (<= 1e-3; masked_eq only where the crop shrinks: a rank
+    transform reorders tied grey levels when OpenCV's interpolation differs by an ulp)."""
+    _need_gpu(ctx)
+    from tbedge.runtime import lungs
+    from tbedge.runtime.gpu import GpuPreprocessor
+    from tbedge.runtime.gpu import masked as MK
+    from tbedge.runtime.gpu.plan import LINEAR, resize_tables
+
+    found, res, bad = _found(ctx), {}, []
+    for mode in ("pinned", "mapped"):
+        if mode == "mapped" and not ctx["info"].can_map_host_memory:
+            res[mode] = "skipped: device cannot map host memory"
+            continue
+        for prep in lungs.CROP_PREPS:
+            worst = {"vs_reference": 0.0, "vs_host": 0.0, "vs_host_growing_crops": 0.0}
+            crop_ms = []
+            with GpuPreprocessor(max_pixels=1024 * 1024, max_side=1024, batch=batch, itemsize=4, memory=mode,
+                                 crop_prep=prep) as gp:
+                for i in range(0, len(found), batch):
+                    chunk, slot = found[i:i + batch], (i // batch) % 2
+                    gp.stage_batch(slot, [img for _, img, _ in chunk])
+                    gp.crop_batch(slot, [(lr.box, None if lr.fallback else lr.mask) for _, _, lr in chunk])
+                    got = gp.cls_input(slot, len(chunk))
+                    crop_ms.append(gp.timings(slot, {"crop"})["crop"])
+                    for k, (_, img, lr) in enumerate(chunk):
+                        mask = None if lr.fallback else lr.mask
+                        ref = MK.classifier_input_reference(img, lr.box, mask, gp.cls_size, prep)
+                        host = lungs.classifier_input(img, lr, gp.cls_size, prep)
+                        grows = resize_tables(img.shape, gp.cls_size, lr.box).mode == LINEAR
+                        key = "vs_host_growing_crops" if prep == "masked_eq" and grows else "vs_host"
+                        worst["vs_reference"] = max(worst["vs_reference"], float(np.abs(got[k] - ref).max()))
+                        worst[key] = max(worst[key], float(np.abs(got[k] - host).max()))
+            res[f"{mode}/{prep}"] = {**worst, "crop_ms_median_per_batch": round(float(np.median(crop_ms)), 4)}
+            if worst["vs_reference"] > 1e-5 or worst["vs_host"] > TB_TOL:
+                bad.append(f"{mode}/{prep}: {worst}")
+    if bad:
+        raise AssertionError("; ".join(bad))
+    return {"films": len(found), "warp_rule": list(MK.warp_rule(224)), **res}
+
+
+def _compare(host: list, dev: list) -> dict:
+    d_tb, differ = [], []
+    for h, d in zip(host, dev, strict=True):
+        a, b = h.result, d.result
+        same = (a.status, a.reason, a.triage, a.lungs) == (b.status, b.reason, b.triage, b.lungs)
+        if not same:
+            differ.append(Path(a.input).name)
+        if a.tb_probability is not None and b.tb_probability is not None:
+            d_tb.append(abs(a.tb_probability - b.tb_probability))
+    out = {"films": len(host), "decisions_differ": differ, "max_abs_tb_probability": max(d_tb, default=None)}
+    if differ or (d_tb and max(d_tb) > TB_TOL):
+        raise AssertionError(f"device pipeline differs from the CPU pipeline: {out}")
+    return out
+
+
+def _run_pipeline(bundle, backend: str, paths: list, batch: int = 4):
+    from tbedge.runtime.pipeline import Pipeline
+    from tbedge.tools.bench_child import pipeline_device_ms
+
+    with Pipeline(bundle, backend=backend, batch=batch) as p:
+        out = list(p.run(paths))
+        return out, pipeline_device_ms(p)
+
+
+def sec_pipeline(ctx: dict) -> dict:
+    """Pipeline's device path on this GPU with ONNX Runtime models (no TensorRT needed)."""
+    _need_gpu(ctx)
+    from tbedge.runtime import pipeline as PL
+    from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
+
+    host, _ = _run_pipeline(FP32, "onnxruntime", ctx["images"])
+    real = PL.make_runner
+    PL.make_runner = lambda bundle, role, backend, threads=0, server=None: OnnxRuntimeRunner(bundle.model_path(role),
+                                                                                             name=role)
+    try:
+        dev, dev_ms = _run_pipeline(FP32, "tensorrt", ctx["images"])
+    finally:
+        PL.make_runner = real
+    return {**_compare(host, dev), "device_ms": dev_ms}
+
+
+def sec_tensorrt_pipeline(ctx: dict) -> dict:
+    _need_gpu(ctx)
+    if not ctx.get("trt"):
+        raise Skip("TensorRT is not installed")
+    plans = _build_plans(ctx["work"], ctx)
+    host, _ = _run_pipeline(FP32, "onnxruntime", ctx["images"])
+    dev, dev_ms = _run_pipeline(plans, "tensorrt", ctx["images"])
+    return {**_compare(host, dev), "plan_source": ctx.get("plan_source"), "device_ms": dev_ms}
+
+
+SECTIONS = ("env", "nvrtc", "images", "tables", "kernels", "timing", "masked", "pipeline", "tensorrt",
+            "tensorrt_pipeline")
 
 
 def main(argv=None) -> int:
@@ -272,30 +391,40 @@ def main(argv=None) -> int:
     ap.add_argument("images", nargs="?", type=Path,
                     help="folder of PNG chest X-rays (default ../shared/data)")
     ap.add_argument("--n", type=int, default=8, help="number of images to check")
-    ap.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle)")
+    ap.add_argument("--only", default=None, help=f"comma-separated sections to run (of {', '.join(SECTIONS[3:])}); "
+                                                 "env, nvrtc and images always run")
     ap.add_argument("--json", type=Path, default=None, help="write the summary here")
     a = ap.parse_args(argv)
+    only = set(SECTIONS[:3]) | set((a.only or ",".join(SECTIONS)).split(","))
+    if only - set(SECTIONS):
+        ap.error(f"unknown sections {sorted(only - set(SECTIONS))}")
     ctx: dict = {}
     summary: dict = {}
     failed = False
-    steps = [("env", lambda: sec_env(ctx)), ("nvrtc", lambda: sec_nvrtc(ctx)),
-             ("images", lambda: {"n": len(ctx.setdefault("images", find_images(a.images, a.n)))}),
-             ("tables", lambda: sec_tables(ctx)), ("kernels", lambda: sec_kernels(ctx)),
-             ("timing", lambda: sec_timing(ctx)), ("tensorrt", lambda: sec_tensorrt(ctx, a.bundle))]
-    for name, fn in steps:
-        if name in ("tables", "kernels", "timing", "tensorrt") and "images" not in ctx:
-            summary[name] = {"status": "skipped", "reason": "no images"}
-        else:
-            try:
-                summary[name] = {"status": "ok", **fn()}
-            except Skip as e:
-                summary[name] = {"status": "skipped", "reason": str(e)}
-            except Exception as e:  # noqa: BLE001 - every section reports, the run goes on
-                summary[name] = {"status": "FAILED", "error": f"{type(e).__name__}: {e}"}
-                failed = True
-        s = summary[name]
-        detail = {k: v for k, v in s.items() if k != "status"}
-        print(f"[{s['status']:>7}] {name}: {json.dumps(detail, default=str)}", flush=True)
+    steps = {"env": lambda: sec_env(ctx), "nvrtc": lambda: sec_nvrtc(ctx),
+             "images": lambda: {"n": len(ctx.setdefault("images", find_images(a.images, a.n)))},
+             "tables": lambda: sec_tables(ctx), "kernels": lambda: sec_kernels(ctx),
+             "timing": lambda: sec_timing(ctx), "masked": lambda: sec_masked(ctx),
+             "pipeline": lambda: sec_pipeline(ctx), "tensorrt": lambda: sec_tensorrt(ctx),
+             "tensorrt_pipeline": lambda: sec_tensorrt_pipeline(ctx)}
+    with tempfile.TemporaryDirectory() as td:
+        ctx["work"] = Path(td)
+        for name in SECTIONS:
+            if name not in only:
+                continue
+            if name not in ("env", "nvrtc", "images") and "images" not in ctx:
+                summary[name] = {"status": "skipped", "reason": "no images"}
+            else:
+                try:
+                    summary[name] = {"status": "ok", **steps[name]()}
+                except Skip as e:
+                    summary[name] = {"status": "skipped", "reason": str(e)}
+                except Exception as e:  # noqa: BLE001 - every section reports, the run goes on
+                    summary[name] = {"status": "FAILED", "error": f"{type(e).__name__}: {e}"}
+                    failed = True
+            s = summary[name]
+            detail = {k: v for k, v in s.items() if k != "status"}
+            print(f"[{s['status']:>7}] {name}: {json.dumps(detail, default=str)}", flush=True)
     if a.json:
         a.json.write_text(json.dumps(summary, indent=2, default=str))
     return 1 if failed else 0

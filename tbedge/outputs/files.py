@@ -55,7 +55,9 @@ def heat_in_crop(cam: np.ndarray, lung_weights: np.ndarray | None) -> np.ndarray
 
 def shown_heat(s: Scored) -> np.ndarray:
     """The heat map shown for a scored film, on its crop grid."""
-    return heat_in_crop(s.cam, None if s.classifier_input is None else L.input_lung_weights(s.classifier_input))
+    if s.classifier_input is not None:
+        return heat_in_crop(s.cam, L.input_lung_weights(s.classifier_input))
+    return heat_in_crop(s.cam, s.lung_weights)  # the device path brings back only the lung weights
 
 
 def heat_png(s: Scored) -> np.ndarray:

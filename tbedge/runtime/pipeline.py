@@ -2,7 +2,11 @@
 
 Decoding runs in a thread pool ahead of inference (OpenCV and ONNX Runtime release the GIL), so
 decode and crop overlap the models; inference runs in batches. Results come back in input order.
-``screen``, ``watch`` and ``bench`` all drive this class; none re-implements it.
+``screen``, ``watch``, ``segment`` and ``bench`` all drive this class; none re-implements it.
+
+Two memory paths, one pipeline: ONNX Runtime takes numpy (preprocessing and crops on the host);
+with the TensorRT backend a film goes to the GPU once and stays there up to the probabilities
+(``device_path``), in two slots so batch n + 1 is staged while batch n is classified.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class Scored:
     image: LoadedImage | None = None
     lungs: L.LungResult | None = None
     cam: np.ndarray | None = None  # TB class activation map (h, w), logits without bias
-    classifier_input: np.ndarray | None = None  # (S, S, C), exactly as the classifier saw it
+    classifier_input: np.ndarray | None = None  # (S, S, C), exactly as the classifier saw it (host path)
+    lung_weights: np.ndarray | None = None  # device path: its lung-weight channel (the input stays on the GPU)
 
 
 @dataclass
@@ -47,6 +52,7 @@ class _Item:
     lung_in: np.ndarray | None = None
     lungs: L.LungResult | None = None
     crop: np.ndarray | None = None
+    lung_weights: np.ndarray | None = None
 
 
 def gpu_available() -> bool:
@@ -143,6 +149,7 @@ class Pipeline:
         self.self_test_deviation: dict[str, float] = {}
         self.strict_engine = strict_engine
         self.fallback: Fallback | None = None
+        self.device = None  # device_path.DevicePath with the TensorRT backend
         self._pool: ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -187,8 +194,17 @@ class Pipeline:
             self.models[role] = schema.ModelInfo(**info)
         if self.self_test:
             self.self_test_deviation = run_self_test(bundle, self.runners, self.roles)
+        if self.backend == "tensorrt":
+            from .device_path import DevicePath  # lazy: only the GPU path loads cuda-python
+
+            caps = [r.max_batch for r in self.runners.values() if getattr(r, "max_batch", None)]
+            self.batch = min([self.batch, *caps])  # a device batch is one engine call: within the profile
+            self.device = DevicePath(bundle, self.runners, self.batch)
 
     def _close_runners(self) -> None:
+        if self.device is not None:
+            self.device.close()
+            self.device = None
         for r in self.runners.values():
             r.deactivate()
         self.runners.clear()
@@ -221,6 +237,8 @@ class Pipeline:
         res.qa_flags = list(img.meta.qa_flags)
         t1 = time.perf_counter()
         item = _Item(path, img, res)
+        if self.device is not None:  # the device path resizes on the GPU
+            return item
         try:
             item.lung_in = L.preprocess(img.pixels, self.bundle.input_size("lungs"))
         except Exception as e:  # noqa: BLE001
@@ -262,20 +280,23 @@ class Pipeline:
             if isinstance(o, Exception):
                 _fail(it.result, "segment", o)
                 continue
-            h = o["mask"][..., 0]
-            t1 = time.perf_counter()
-            try:
-                it.lungs = L.analyse(h, it.image.pixels.shape)
-                it.result.lungs = schema.LungsInfo(list(it.lungs.box), round(it.lungs.qa.area_fraction, 4),
-                                                   it.lungs.qa.to_dict())
-                if it.lungs.fallback:
-                    it.result.qa_flags.append("lungs_implausible")
-                if "classifier" in self.runners:
-                    it.crop = L.classifier_input(it.image.pixels, it.lungs, self.bundle.input_size("classifier"),
-                                                 self.bundle.crop_prep)
-            except Exception as e:  # noqa: BLE001
-                _fail(it.result, "clean_crop", e)
-            it.result.timing_ms["clean_crop"] = _ms(t1)
+            self._find_lungs(it, o["mask"][..., 0], crop=True)
+
+    def _find_lungs(self, it: _Item, heat: np.ndarray, crop: bool) -> None:
+        """Heat map -> cleaned mask, QA, box (both paths); the host path also makes the classifier input."""
+        t1 = time.perf_counter()
+        try:
+            it.lungs = L.analyse(heat, it.image.pixels.shape)
+            it.result.lungs = schema.LungsInfo(list(it.lungs.box), round(it.lungs.qa.area_fraction, 4),
+                                               it.lungs.qa.to_dict())
+            if it.lungs.fallback:
+                it.result.qa_flags.append("lungs_implausible")
+            if crop and "classifier" in self.runners:
+                it.crop = L.classifier_input(it.image.pixels, it.lungs, self.bundle.input_size("classifier"),
+                                             self.bundle.crop_prep)
+        except Exception as e:  # noqa: BLE001
+            _fail(it.result, "clean_crop", e)
+        it.result.timing_ms["clean_crop"] = _ms(t1)
 
     def _classify(self, items: list[_Item]) -> list[np.ndarray | None]:
         live = [it for it in items if it.result.status == schema.STATUS_OK]
@@ -283,33 +304,46 @@ class Pipeline:
         if live:
             t0 = time.perf_counter()
             outs = self._infer_batch("classifier", np.stack([it.crop for it in live]))
-            per = _ms(t0) / len(live)
-            thr = self.bundle.threshold
-            names = self.bundle.class_names
-            for it, o in zip(live, outs, strict=True):
-                r = it.result
-                r.timing_ms["classify"] = per
-                if isinstance(o, Exception):
-                    _fail(r, "classify", o)
-                    continue
-                p, cam = o["probabilities"], o["cam"]
-                t1 = time.perf_counter()
-                probs = {n: float(v) for n, v in zip(names, p, strict=True)}
-                r.class_probabilities = probs
-                r.tb_probability = probs["tb"]
-                r.tb_score = schema.tb_score(probs["tb"])
-                r.threshold = thr
-                r.triage = schema.triage_for(probs["tb"], thr, r.qa_flags)
-                r.models = dict(self.models)
-                cams[id(it)] = cam
-                r.timing_ms["postprocess"] = _ms(t1)
+            cams = self._score(live, outs, _ms(t0) / len(live))
         return [cams.get(id(it)) for it in items]
+
+    def _score(self, live: list[_Item], outs: list, per: float) -> dict[int, np.ndarray]:
+        """Classifier outputs -> probabilities, score, triage; returns {id(item): CAM}."""
+        cams: dict[int, np.ndarray] = {}
+        thr = self.bundle.threshold
+        names = self.bundle.class_names
+        for it, o in zip(live, outs, strict=True):
+            r = it.result
+            r.timing_ms["classify"] = per
+            if isinstance(o, Exception):
+                _fail(r, "classify", o)
+                continue
+            p, cam = o["probabilities"], o["cam"]
+            t1 = time.perf_counter()
+            probs = {n: float(v) for n, v in zip(names, p, strict=True)}
+            r.class_probabilities = probs
+            r.tb_probability = probs["tb"]
+            r.tb_score = schema.tb_score(probs["tb"])
+            r.threshold = thr
+            r.triage = schema.triage_for(probs["tb"], thr, r.qa_flags)
+            r.models = dict(self.models)
+            cams[id(it)] = cam
+            it.lung_weights = o.get("lung_weights")
+            r.timing_ms["postprocess"] = _ms(t1)
+        return cams
 
     # -- driver ----------------------------------------------------------------------------
     def run(self, paths: Iterable[str | Path]) -> Iterator[Scored]:
         """Score ``paths`` in order; every input yields exactly one Scored, whatever happens."""
         if self._pool is None:
             raise RuntimeError("use Pipeline as a context manager")
+        if self.device is not None:
+            yield from self._run_on_device(self._batches(paths))
+            return
+        for items in self._batches(paths):
+            yield from self.process_items(items)
+
+    def _batches(self, paths: Iterable[str | Path]) -> Iterator[list[_Item]]:
         pending: deque = deque()
         it = iter(paths)
         ahead = self.batch * 2 + self.decode_workers
@@ -326,19 +360,84 @@ class Pipeline:
         while pending:
             items = [pending.popleft().result() for _ in range(min(self.batch, len(pending)))]
             fill()  # keep the decoders busy while this batch runs through the models
-            yield from self.process_items(items)
+            yield items
 
     def process_items(self, items: list[_Item]) -> Iterator[Scored]:
         self._segment(items)
         cams = self._classify(items) if "classifier" in self.runners else [None] * len(items)
+        yield from self._finish(items, cams)
+
+    def _finish(self, items: list[_Item], cams: list) -> Iterator[Scored]:
         for item, cam in zip(items, cams, strict=True):
             r = item.result
             r.timing_ms["total"] = round(sum(v for k, v in r.timing_ms.items() if k != "total"), 3)
             r.timing_ms = {k: round(v, 3) for k, v in r.timing_ms.items()}
-            yield Scored(r, item.image, item.lungs, cam, item.crop)
+            yield Scored(r, item.image, item.lungs, cam, item.crop, item.lung_weights)
 
     def score_one(self, path: str | Path) -> Scored:
         return next(self.run([path]))
+
+    # -- the device path (TensorRT): films stay on the GPU ---------------------------------
+    def _run_on_device(self, batches: Iterator[list[_Item]]) -> Iterator[Scored]:
+        """Batch n + 1 is staged, segmented and cropped in one slot before batch n's results are
+        collected from the other, so the host work of one overlaps the GPU work of the other."""
+        prev = None
+        for n, items in enumerate(batches):
+            cur = self._device_front(items, n % 2)
+            if prev is not None:
+                yield from self._device_back(*prev)
+            prev = cur
+        if prev is not None:
+            yield from self._device_back(*prev)
+
+    def _device_front(self, items: list[_Item], slot: int) -> tuple:
+        live = [it for it in items if it.result.status == schema.STATUS_OK]
+        if not live:
+            return items, None, []
+        t0 = time.perf_counter()
+        try:
+            job = self.device.submit(slot, [it.image.pixels for it in live])
+            t1 = time.perf_counter()
+            heats = self.device.heats(job)
+        except Exception as e:  # noqa: BLE001 - a device failure fails its batch, not the run
+            for it in live:
+                _fail(it.result, "segment", e)
+            return items, None, []
+        pre, seg = (t1 - t0) * 1e3 / len(live), _ms(t1) / len(live)
+        for it, heat in zip(live, heats, strict=True):
+            it.result.timing_ms.update(preprocess=pre, segment=seg)
+            self._find_lungs(it, heat, crop=False)
+        if "classifier" in self.runners:
+            ok = [it.result.status == schema.STATUS_OK for it in live]
+            jobs = [(it.lungs.box, None if it.lungs.fallback else it.lungs.mask) if good else None
+                    for it, good in zip(live, ok, strict=True)]
+            for stage, step in (("clean_crop", lambda: self.device.crop(job, jobs)),
+                                ("classify", lambda: self.device.classify(job))):
+                try:
+                    step()
+                except Exception as e:  # noqa: BLE001
+                    for it, good in zip(live, ok, strict=True):
+                        if good:
+                            _fail(it.result, stage, e)
+                    break
+        return items, job, live
+
+    def _device_back(self, items: list[_Item], job, live: list[_Item]) -> Iterator[Scored]:
+        cams: dict[int, np.ndarray] = {}
+        if job is not None:
+            t0 = time.perf_counter()
+            try:
+                outs = self.device.collect(job)
+            except Exception as e:  # noqa: BLE001
+                stage = "classify" if "classifier" in self.runners else "segment"
+                for it in live:
+                    if it.result.status == schema.STATUS_OK:
+                        _fail(it.result, stage, e)
+                outs = None
+            if outs is not None:
+                good = [(it, o) for it, o in zip(live, outs, strict=True) if it.result.status == schema.STATUS_OK]
+                cams = self._score([g[0] for g in good], [g[1] for g in good], _ms(t0) / len(live))
+        yield from self._finish(items, [cams.get(id(it)) for it in items])
 
 
 def _ms(t0: float) -> float:

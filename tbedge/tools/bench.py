@@ -18,7 +18,8 @@ Per configuration, per round:
   This is the ceiling the pipeline can reach; **efficiency** = throughput / model-only throughput.
 - **peak RSS** of the child (``getrusage(RUSAGE_SELF).ru_maxrss``).
 - For TensorRT runners that expose per-inference ``last_timings_ms`` ({"h2d", "compute", "d2h"}),
-  trtexec's H2D / GPU compute / D2H latencies (see ``bench_child._device_timings``).
+  trtexec's H2D / GPU compute / D2H latencies (see ``bench_child._device_timings``); with the TensorRT
+  backend the pipeline's own device path reports the same split per stage and batch (``device_ms``).
 
 The child is ``python -m tbedge.tools.bench_child --child`` reading its configuration as JSON on stdin
 and printing one result line prefixed with :data:`RESULT_MARK`; host facts come from ``host``. The
@@ -477,6 +478,11 @@ def print_report(report: dict, console=None) -> None:
             parts = [f"{role}: " + ", ".join(f"{k} {_fmt(v['median'], 3)}" for k, v in d.items() if v)
                      for role, d in dev.items()]
             console.print(escape(f"{e['label']} median ms (H2D, GPU compute, D2H): " + "; ".join(parts)))
+        dev = e.get("device_ms")  # the pipeline's device path, per stage and batch
+        if dev:
+            parts = [f"{stage}: " + ", ".join(f"{k} {_fmt(v['median'], 3)}" for k, v in d.items() if v)
+                     for stage, d in dev.items()]
+            console.print(escape(f"{e['label']} pipeline on the device, median ms per batch: " + "; ".join(parts)))
     if "skipped" in base:
         console.print(escape(f"baseline skipped: {base['skipped']}"))
     h = report["host"]

@@ -209,7 +209,9 @@ def run_pipeline_child(cfg: dict) -> dict:
             ok = s.result.status == schema.STATUS_OK and s.lungs is not None
             if ok and len(kept["lungs"]) < pipe.batch:
                 kept["lungs"].append(L.preprocess(s.image.pixels, sizes["lungs"]))
-                kept["classifier"].append(s.classifier_input)
+                x = s.classifier_input  # None on the device path: its input never left the GPU; make it here
+                kept["classifier"].append(x if x is not None else
+                                          L.classifier_input(s.image.pixels, s.lungs, sizes["classifier"], b.crop_prep))
 
         stream = StreamMeter(pipe.run, cfg["images"], result_of=lambda s: s.result)
         stream.warm(max(cfg["warmup"], pipe.batch), on_item=keep)  # >= one full batch of model inputs
@@ -220,8 +222,22 @@ def run_pipeline_child(cfg: dict) -> dict:
         fns = {role: (lambda x, role=role: pipe.runners[role].infer({names[role]: x})) for role in ROLES}
         models = ModelMeter(fns, made, runners=pipe.runners)
         models.warm()
+        if pipe.device is not None:
+            pipe.device.timings.clear()  # the measured phase only
         e2e, model_only = measure_interleaved(stream, models, cfg)
+        res["device_ms"] = pipeline_device_ms(pipe)
     return finish_child_result(res, e2e, model_only)
+
+
+def pipeline_device_ms(pipe) -> dict | None:
+    """The device path's H2D / GPU compute / D2H per pipeline stage, per batch (trtexec's split, from
+    CUDA events on the slot streams); None on the host path."""
+    if getattr(pipe, "device", None) is None:
+        return None
+    from ..runtime.device_path import summarise
+
+    got = summarise(pipe.device.timings)
+    return {stage: {k: latency_stats(v) for k, v in kinds.items()} for stage, kinds in got.items()} or None
 
 
 def child_main(argv: list[str] | None = None, run: Callable[[dict], dict] = run_pipeline_child) -> int:

@@ -2,6 +2,8 @@
 
 - ``plan``: pure host-side parts (OpenCV-exact resize tables, launch geometry, buffer layout,
   pinned-vs-mapped decision, version checks) - tested on any CPU.
+- ``masked``: the lung-masked classifier input's host-side tables (mask warp rounded as this host's
+  OpenCV rounds it, dilation disc, Gaussian taps) and a numpy reference of every kernel step.
 - ``compile``: NVRTC compile of ``kernels.cu`` to PTX - runs without a GPU.
 - ``device``: memory, streams, events, kernel launch over cuda-python.
 - ``preprocess``: :class:`GpuPreprocessor`, the double-buffered pipeline front end.

@@ -11,8 +11,13 @@ from importlib import resources
 # Kernel name -> argument kinds, one letter per parameter (device.Module.launch packs them):
 # p pointer, q int64, i int32, f float32. tests/test_cuda_kernels.py checks these against the PTX.
 RESIZE_SIG = "pqiipppppppiiff"  # src, pitch, x0, y0, 6 table arrays, dst, dw, dh, scale, offset
+WARP_SIG, DILATE_SIG, EQUALIZE_SIG, BLEND_SIG = "piipppppii", "ppiipi", "ppippii", "ppippi"
 SIGNATURES = {"tbedge_resize_u8": RESIZE_SIG, "tbedge_resize_u16": RESIZE_SIG,
-              "tbedge_resize_f32": RESIZE_SIG, "tbedge_threshold": "ppqf"}
+              "tbedge_resize_f32": RESIZE_SIG, "tbedge_threshold": "ppqf",
+              # lung-masked crops (masked.py): mask, mw, mh, xi, xa, yi, ya, out, dw, dh / src, dst, w, h,
+              # half, r / crop, wraw, all_inside, scratch, out, n, n2 / crop, wraw, all_inside, out, wout, n
+              "tbedge_mask_warp": WARP_SIG, "tbedge_dilate": DILATE_SIG, "tbedge_equalize": EQUALIZE_SIG,
+              "tbedge_mask_blend": BLEND_SIG}
 KERNELS = tuple(SIGNATURES)
 PTX_PARAM_TYPES = {"p": "u64", "q": "u64", "i": "u32", "f": "f32"}
 DEFAULT_ARCH = "compute_87"  # Jetson AGX/Orin NX/Orin Nano (JetPack 6)

@@ -164,13 +164,26 @@ def resize_tables(src_shape: tuple[int, int], dst_wh: int | tuple[int, int],
     return ResizeTables((x0, y0, x1, y1), axis_table(sw, dw, mode), axis_table(sh, dh, mode), mode)
 
 
+def _apply_axis(a: np.ndarray, t: AxisTable) -> np.ndarray:
+    """out[..., d] = sum over k in [start[d], start[d+1]) of a[..., idx[k]] * w[k], accumulated in
+    float32 in table order, one rounding per multiply and per add: the kernel's loop, bit for bit."""
+    counts = np.diff(t.start)
+    out = np.zeros((*a.shape[:-1], t.dsize), np.float32)
+    for j in range(int(counts.max())):
+        live = counts > j  # destinations with a j-th entry; the others add nothing (not even +0.0)
+        k = t.start[:-1][live] + j
+        out[..., live] += a[..., t.idx[k]] * t.w[k]
+    return out
+
+
 def resize_reference(src: np.ndarray, t: ResizeTables, scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
     """The resize kernel's arithmetic in numpy: out = (sum_y wy * sum_x wx * src) * scale + offset,
-    float32 throughout, horizontal pass first (as the kernel and OpenCV both do)."""
+    float32 throughout, horizontal pass first, each sum in table order (as the kernel; OpenCV's
+    resizeArea_ and row filters sum in the same order)."""
     x0, y0, x1, y1 = t.box
     s = src[y0:y1, x0:x1].astype(np.float32)
-    rows = s @ t.x.dense(x1 - x0).T  # (sh, dw): horizontal pass
-    out = t.y.dense(y1 - y0) @ rows  # (dh, dw): vertical pass
+    rows = _apply_axis(s, t.x)  # (sh, dw): horizontal pass
+    out = _apply_axis(np.ascontiguousarray(rows.T), t.y).T  # (dh, dw): vertical pass
     return (out * np.float32(scale) + np.float32(offset)).astype(np.float32)
 
 
@@ -286,15 +299,25 @@ def table_bytes(max_side: int, dsize: int) -> int:
     return 4 * (dsize + 1) + 8 * k
 
 
+def sort_size(n: int) -> int:
+    """Power of two >= n: the bitonic sort's scratch length (tbedge_equalize)."""
+    return 1 << max(0, int(n - 1).bit_length())
+
+
 def plan_buffers(batch: int, max_pixels: int, max_side: int, itemsize: int, lung_size: int = 256,
-                 cls_size: int = 224, mode: str = PINNED) -> BufferPlan:
+                 cls_size: int = 224, mode: str = PINNED, cls_channels: int = 1, masked: bool = False) -> BufferPlan:
     """Layout for ``batch`` native images of at most ``max_pixels`` pixels (longest side
     ``max_side``) of ``itemsize`` bytes. Every region starts on a 256-byte boundary.
 
     Host: native images, the lung and crop tables (x then y per image), and download space for the
-    mask. Device: native images and tables (pinned mode only), the lung-model input
-    (B, L, L, 1) float32, the classifier input (B, S, S, 1) float32, the lung heat map and the
+    mask and the heat map. Device: native images and tables (pinned mode only), the lung-model input
+    (B, L, L, 1) float32, the classifier input (B, S, S, C) float32, the lung heat map and the
     thresholded mask (B, L, L) uint8.
+
+    ``masked`` (a lung-masked classifier input, masked.py) adds, per image: the cleaned mask and the
+    warp tables (host; device too in pinned mode), the box crop, the warped and dilated masks, the raw
+    and clipped lung weights, the equalised crop and the sort scratch (device), and download space
+    for the lung weights (host).
     """
     if batch <= 0 or max_pixels <= 0 or max_side <= 0 or itemsize not in (1, 2, 4):
         raise ValueError(f"bad buffer plan request batch={batch} pixels={max_pixels} itemsize={itemsize}")
@@ -302,6 +325,8 @@ def plan_buffers(batch: int, max_pixels: int, max_side: int, itemsize: int, lung
         raise ValueError(f"unknown memory mode {mode!r}")
     if max_side * max_side < max_pixels:
         raise ValueError(f"max_side {max_side} cannot hold an image of {max_pixels} pixels")
+    if cls_channels not in (1, 2) or (masked and cls_channels != 2):
+        raise ValueError(f"cls_channels must be 1 or 2 (2 for a masked input), got {cls_channels}")
 
     def layout(items: list[tuple[str, int]]) -> dict[str, Region]:
         out, pos = {}, 0
@@ -316,14 +341,20 @@ def plan_buffers(batch: int, max_pixels: int, max_side: int, itemsize: int, lung
     tables = [(f"lung_tables_{i}", lung_tab) for i in range(batch)] + \
              [(f"crop_tables_{i}", cls_tab) for i in range(batch)]
     images = [(f"image_{i}", img) for i in range(batch)]
-    host = layout(images + tables + [("mask_out", batch * lung_size * lung_size)])
-    # Mapped mode: kernels read images and tables straight from the host arena.
-    dev_items = ([] if mode == MAPPED else images + tables) + [
-        ("lung_input", batch * lung_size * lung_size * 4),
-        ("cls_input", batch * cls_size * cls_size * 4),
-        ("heat", batch * lung_size * lung_size * 4),
-        ("mask", batch * lung_size * lung_size),
-    ]
+    lmap, cmap = batch * lung_size * lung_size, batch * cls_size * cls_size
+    # The cleaned masks and the warp tables (xi, xa, yi, ya: 4 x S values of 4 bytes) go up per batch.
+    staged = [("clean_mask", lmap)] + [(f"warp_tables_{i}", 16 * cls_size) for i in range(batch)] if masked else []
+    host = layout(images + tables + staged + [("mask_out", lmap), ("heat_out", 4 * lmap)]
+                  + ([("weights_out", 4 * cmap)] if masked else []))
+    scratch = [("crop", 4 * cmap), ("warped", cmap), ("dilated", cmap), ("wraw", 4 * cmap), ("eq", 4 * cmap),
+               ("lung_weights", 4 * cmap), ("sort", batch * 4 * sort_size(cls_size * cls_size))] if masked else []
+    # Mapped mode: kernels read images, tables and staged masks straight from the host arena.
+    dev_items = ([] if mode == MAPPED else images + tables + staged) + [
+        ("lung_input", lmap * 4),
+        ("cls_input", cmap * 4 * cls_channels),
+        ("heat", lmap * 4),
+        ("mask", lmap),
+    ] + scratch
     return BufferPlan(mode, batch, host, layout(dev_items))
 
 

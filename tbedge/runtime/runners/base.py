@@ -3,6 +3,7 @@
 A runner holds a loaded model (a resource), so it is a context manager: ``activate`` on enter,
 ``deactivate`` on exit. ``infer`` takes and returns plain dicts of numpy arrays keyed by the
 model's tensor names; nothing backend-specific leaks out. Modelled on Polygraphy's runners.
+``infer_device`` is the same on device memory (the TensorRT pipeline keeps films on the GPU).
 """
 
 from __future__ import annotations
@@ -67,6 +68,31 @@ class Runner:
         out = self._infer(feed)
         self.last_inference_ms = (time.perf_counter() - t0) * 1e3
         return out
+
+    def infer_device(self, inputs: dict[str, int], batch: int, outputs: dict[str, int] | None = None,
+                     stream=None) -> dict[str, tuple[int, tuple[int, ...], str]]:
+        """Device memory in and out: ``inputs`` maps input names to device addresses holding ``batch``
+        items, ``outputs`` output names to addresses with room for theirs; returns {output: (address,
+        shape, dtype)}, enqueued on ``stream`` (a ``gpu.device.Stream``).
+
+        Runners that bind device memory (TensorRT) override this and never leave the device. This
+        default is a host round trip through :meth:`infer` (wait, download, infer, upload): correct
+        wherever CUDA runs, without the zero-copy benefit. It lets the device pipeline run with a CPU
+        runner on a GPU host without TensorRT (tools/gpu-check.sh) and in tests."""
+        from ..gpu import device as dv  # lazy: CPU-only hosts never load CUDA
+
+        if not outputs:
+            raise ValueError(f"runner {self.name!r}: a host round trip needs the output addresses")
+        feed = {s.name: dv.download(inputs[s.name], s.dtype, (batch, *s.shape[1:]), stream) for s in self.inputs()}
+        out = {k: np.ascontiguousarray(v) for k, v in self.infer(feed).items() if k in outputs}
+        for k, v in out.items():
+            if stream is None:
+                dv.upload(outputs[k], v)
+            else:
+                dv.copy_h2d(outputs[k], v.ctypes.data, v.nbytes, stream)
+        if stream is not None:
+            stream.synchronize()  # the host arrays must outlive their copies
+        return {k: (outputs[k], tuple(v.shape), v.dtype.name) for k, v in out.items()}
 
     def inputs(self) -> list[TensorSpec]:
         raise NotImplementedError

@@ -13,14 +13,14 @@ is installed. See docs/gpu.md.
 Two ways to run:
 
 - ``infer(feed)``: the Runner protocol, numpy in and out (H2D, execute, D2H, one stream).
-- ``infer_device(inputs, outputs=...)``: device addresses in and out, no host copies, on the
-  caller's stream. ``screen_on_device`` chains GpuPreprocessor -> lung plan -> CPU mask cleaning
-  (the 256x256 heat map is the only download) -> GPU crop -> classifier plan.
+- ``infer_device(inputs, batch, outputs=..., stream=...)``: device addresses in and out, no host
+  copies, on the caller's stream, with one execution context per stream (a context runs one
+  inference at a time; the device pipeline's two slots enqueue on two streams).
+  ``tbedge.runtime.device_path`` chains it for the pipeline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +116,7 @@ class TensorRTRunner(Runner):
         self.engine = self.context = self.stream = None
         self.io: dict[str, _IO] = {}
         self._bufs: dict = {}
+        self._contexts: dict[int, object] = {}  # stream address -> its execution context
 
     @classmethod
     def from_bundle(cls, bundle, role: str, device: int = 0) -> TensorRTRunner:
@@ -164,6 +165,7 @@ class TensorRTRunner(Runner):
         self._bufs = {}
         if self.stream is not None:
             self.stream.destroy()
+        self._contexts = {}
         self.context = self.engine = self.stream = None
 
     # -- metadata ----------------------------------------------------------------------------
@@ -182,6 +184,16 @@ class TensorRTRunner(Runner):
         return min(caps + fixed) if (caps or fixed) else 1
 
     # -- device-pointer path -------------------------------------------------------------------
+    def _context(self, stream):
+        """The execution context for ``stream``: the runner's own for its own stream, else one per
+        caller stream, made on first use (contexts share the engine's weights)."""
+        if stream is self.stream:
+            return self.context
+        ctx = self._contexts.get(stream.ptr)
+        if ctx is None:
+            ctx = self._contexts[stream.ptr] = self.engine.create_execution_context()
+        return ctx
+
     def _buffer(self, name: str, size: int):
         from ..gpu import device as dv
 
@@ -205,6 +217,7 @@ class TensorRTRunner(Runner):
                              "(batch_chunks) or rebuild with a larger profile")
         outputs = outputs or {}
         stream = stream or self.stream
+        ctx = self._context(stream)
         for t in self.io.values():
             if not t.is_input:
                 continue
@@ -212,17 +225,18 @@ class TensorRTRunner(Runner):
                 raise KeyError(f"{self.name}: missing input {t.name!r}")
             shape = resolve_shape(t.shape, batch)
             check_input_shape(t.name, shape, t.shape, t.profile)
-            self.context.set_input_shape(t.name, shape)
-            self.context.set_tensor_address(t.name, int(inputs[t.name]))
+            ctx.set_input_shape(t.name, shape)
+            ctx.set_tensor_address(t.name, int(inputs[t.name]))
         result = {}
         for t in self.io.values():
             if t.is_input:
                 continue
-            shape = tuple(int(d) for d in self.context.get_tensor_shape(t.name))
-            addr = outputs.get(t.name) or self._buffer("out:" + t.name, nbytes(shape, t.dtype)).ptr
-            self.context.set_tensor_address(t.name, int(addr))
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(t.name))
+            own = f"out:{t.name}:{stream.ptr}"  # per stream: two streams in flight never share a buffer
+            addr = outputs.get(t.name) or self._buffer(own, nbytes(shape, t.dtype)).ptr
+            ctx.set_tensor_address(t.name, int(addr))
             result[t.name] = (int(addr), shape, t.dtype)
-        if not self.context.execute_async_v3(stream.ptr):
+        if not ctx.execute_async_v3(stream.ptr):
             raise RuntimeError(f"{self.name}: execute_async_v3 failed (see the TensorRT log)")
         return result
 
@@ -266,44 +280,6 @@ class TensorRTRunner(Runner):
             e.destroy()
         self.last_timings_ms = timings  # read by tbedge bench (model_only.device_ms)
         return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in parts.items()}
-
-
-# -- both models on the device -------------------------------------------------------------------
-def screen_on_device(gp, slot: int, n: int, native_shapes: list[tuple[int, int]], lungs_rt: TensorRTRunner,
-                     cls_rt: TensorRTRunner, analyse: Callable | None = None, lung_out: str = "mask",
-                     cls_in: str = "image", lung_in: str = "image", crop_prep: str = "box") -> list[dict]:
-    """Lung plan -> mask analysis -> crop -> classifier for the ``n`` images already submitted to
-    ``gp`` (a GpuPreprocessor) in ``slot``. The native images never leave the device; the host
-    sees only the (n, 256, 256) heat map (for cleaning and QA, ~0.1 ms on the CPU) and the
-    classifier outputs. ``analyse`` is lungs.analyse unless given.
-
-    Returns per image {"lungs": LungResult, **classifier outputs as numpy}.
-    Only plain box crops: lung masking (``crop_prep`` other than "box") has no device kernel yet.
-    """
-    from ..gpu import device as dv
-
-    if crop_prep != "box":
-        raise NotImplementedError(f"crop_prep {crop_prep!r} on the device: use the pipeline's host crop")
-
-    if analyse is None:
-        from ..lungs import analyse
-    if n > gp.batch:
-        raise ValueError(f"{n} images exceed the preprocessor's batch of {gp.batch}")
-    s = gp._slot(slot)
-    lungs_rt.infer_device({lung_in: gp.lung_input_ptr(slot)}, n, outputs={lung_out: gp.heat_ptr(slot)},
-                          stream=s.stream)
-    L = gp.lung_size
-    heat = dv.download(gp.heat_ptr(slot), np.float32, (n, L, L), s.stream)
-    found = [analyse(heat[i], native_shapes[i]) for i in range(n)]
-    for i, lr in enumerate(found):
-        gp.crop(slot, i, lr.box)
-    outs = cls_rt.infer_device({cls_in: gp.cls_input_ptr(slot)}, n, stream=s.stream)
-    host = {}
-    for name, (addr, shape, dtype) in outs.items():
-        host[name] = np.empty(shape, dtype)
-        dv.copy_d2h(host[name].ctypes.data, addr, host[name].nbytes, s.stream)
-    s.stream.synchronize()
-    return [{"lungs": found[i], **{k: v[i] for k, v in host.items()}} for i in range(n)]
 
 
 # -- entrypoint helper ---------------------------------------------------------------------------

@@ -139,6 +139,22 @@ class Result:
         return cls(**d)
 
 
+# TB-score histogram bins (0-100; narrow where thresholds live): the viewer's site panel and the validation
+# histogram a build records in its gate (``build.gate``), so the two can be compared bin by bin.
+TB_SCORE_EDGES = (0, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 75, 100.01)
+
+
+def tb_score_histogram(scores) -> list[int]:
+    """Counts of TB scores (0-100) in the ``TB_SCORE_EDGES`` bins."""
+    counts = [0] * (len(TB_SCORE_EDGES) - 1)
+    for s in scores:
+        for i in range(len(counts)):
+            if s < TB_SCORE_EDGES[i + 1]:
+                counts[i] += 1
+                break
+    return counts
+
+
 def tb_score(prob: float) -> float:
     return round(100.0 * float(prob), 1)
 

@@ -50,6 +50,8 @@ def test_gate_passes_identical_and_fails_broken(data_root, fp32_models, tmp_path
     same = G.evaluate(fp32_models, fp32_models, data_root, 0.4, classifier_size=64, max_images=24, n_boot=50,
                       prep=prep)
     assert same.passed and same.delta_auc == 0 and same.dice_drop == 0 and same.n_masks > 0 and same.n_tb > 0
+    h = same.val_histogram  # the reduced build's val scores, for a site's histogram to be held against
+    assert sum(h["tb"]) == same.n_tb and sum(h["tb"]) + sum(h["not_tb"]) == same.n_images
     # a lung model that sees no lung at all must fail the Dice gate
     m = onnx.load(str(fp32_models["lungs"]))
     nodes = list(m.graph.node)

@@ -37,6 +37,7 @@ from ui_support import (
 from watch_support import real_images, validate_result
 
 from tbedge import schema
+from tbedge.runtime.bundle import default_bundle_path
 from tbedge.services.refer_rate import counted
 
 CHROMIUM = os.environ.get("TBEDGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -210,6 +211,11 @@ def _check_site(page, lines: list[dict]) -> None:
     bars = [int(b.get_attribute("data-count")) for b in page.locator("#histogram rect.bar").all()]
     assert sum(bars) == len(n)
     assert page.locator("#threshold-line").count() == 1
+    # the bundle's val TB-score histogram (its gate's record), films without TB, drawn over the site's
+    gate = json.loads((default_bundle_path() / "manifest.json").read_text())["models"]["classifier"]["gate"]
+    outline = page.locator("#validation-outline")
+    assert outline.get_attribute("data-counts") == ",".join(map(str, gate["val_histogram"]["not_tb"]))
+    assert sum(gate["val_histogram"]["not_tb"]) + sum(gate["val_histogram"]["tb"]) == gate["n_images"]
 
 
 def test_worklist_film_and_live_update_in_chromium(browser, live):

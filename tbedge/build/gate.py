@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import datasets
+from .. import datasets, schema
 from ..errors import TbedgeError
 from ..runtime import lungs as L
 from ..runtime.imaging import load_image
@@ -53,6 +53,7 @@ class GateResult:
     failures: list[str] = field(default_factory=list)
     split: str = "val"
     batch_1: dict | None = None  # the reduced build scored one film at a time (the figures above: batches of 8)
+    val_histogram: dict | None = None  # the reduced build's val TB scores (schema.TB_SCORE_EDGES), TB / not TB
 
     @property
     def passed(self) -> bool:
@@ -199,6 +200,10 @@ def evaluate(fp32: dict[str, Path], reduced: dict[str, Path], data_root: str | P
     f1, fails1 = _compare(y, runs["fp32"], runs["reduced_b1"], threshold, n_boot, " one film at a time")
     r = GateResult(len(samples), int(y.sum()), len(runs["fp32"].dice), **f)
     r.failures = fails + fails1
+    if runs["reduced"].tb:  # what a site's scores can be held against (``tbedge ui``'s site panel)
+        score = 100.0 * np.array(runs["reduced"].tb)
+        r.val_histogram = {"edges": list(schema.TB_SCORE_EDGES[:-1]) + [100], "part": "val",
+                           "tb": schema.tb_score_histogram(score[y]), "not_tb": schema.tb_score_histogram(score[~y])}
     r.batch_1 = {k: f1[k] for k in ("auc_reduced", "delta_auc", "delta_auc_ci95", "tb_flips", "dice_reduced",
                                     "dice_drop")}
     return r

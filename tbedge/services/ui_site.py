@@ -20,7 +20,6 @@ from .ui_index import ResultIndex
 from .watch_store import ENGINE_STATE_FILE
 
 # TB score bins (0-100 = 100 x P(TB)): finer at the low end, where the shipped threshold sits (3.5).
-HIST_EDGES = (0, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 75, 100.01)
 REPORT_NAME = "local_threshold.json"  # what `tbedge set-threshold --report DIR` writes (+ roc.png)
 CSV_COLUMNS = ("time", "key", "status", "reason", "tb_score", "triage", "qa_flags", "duplicate_of", "sha256",
                "sop_instance_uid")
@@ -41,16 +40,6 @@ def _read_json(path: Path | None) -> dict | None:
     except (OSError, ValueError, AttributeError):
         return None
     return d if isinstance(d, dict) else None
-
-
-def histogram(scores: list[float]) -> list[int]:
-    counts = [0] * (len(HIST_EDGES) - 1)
-    for s in scores:
-        for i in range(len(counts)):
-            if s < HIST_EDGES[i + 1]:
-                counts[i] += 1
-                break
-    return counts
 
 
 class Site:
@@ -121,9 +110,11 @@ class Site:
         return {"version": self.index.version, "kind": self.index.kind, "counts": self._counts(entries),
                 "referral": self._referral(films), "threshold": threshold,
                 "threshold_score": None if threshold is None else schema.tb_score(threshold),
-                "histogram": {"edges": list(HIST_EDGES[:-1]) + [100],
-                              "counts": histogram([e.tb_score for e in films if e.tb_score is not None])},
+                "histogram": {"edges": list(schema.TB_SCORE_EDGES[:-1]) + [100],
+                              "counts": schema.tb_score_histogram([e.tb_score for e in films
+                                                                   if e.tb_score is not None])},
                 "validation": self._validation(self.manifest(clf.get("sha256")), threshold),
+                "validation_histogram": self._validation_histogram(self.manifest(clf.get("sha256"))),
                 "engine": self.engine_summary(latest)}
 
     def _counts(self, entries) -> dict | None:
@@ -181,6 +172,14 @@ class Site:
                          "specificity": r["specificity"], "referral_rate": (r["tp"] + r["fp"]) / n if n else None})
         return {"rows": rows, "target_sensitivity": th.get("target_sensitivity"),
                 "local": "previous" in th} if rows else None
+
+    @staticmethod
+    def _validation_histogram(manifest: dict | None) -> dict | None:
+        """The val TB-score histogram the bundle's gate recorded (TB / not TB), in the site histogram's bins."""
+        gate = (((manifest or {}).get("models") or {}).get("classifier") or {}).get("gate") or {}
+        h = gate.get("val_histogram")
+        ok = isinstance(h, dict) and h.get("edges") == list(schema.TB_SCORE_EDGES[:-1]) + [100]
+        return {k: h[k] for k in ("edges", "tb", "not_tb")} if ok else None
 
     def engine_summary(self, latest: dict | None) -> dict | None:
         """The bundle that scores here (name, version), its backend and any fp32 fallback."""

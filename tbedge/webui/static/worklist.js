@@ -74,10 +74,14 @@
     return box;
   }
 
-  function histogram(h, thrScore) {
+  function histogram(h, thrScore, val) {
     const svg = $("histogram"); svg.replaceChildren();
     const W = 320, H = 170, L = 28, B = 30, n = h.counts.length, bw = (W - L - 4) / n;
-    const max = Math.max(1, ...h.counts);
+    // The bundle's validation films without TB, scaled to this site's film count: most films a site
+    // screens have no TB, so that is the shape its histogram should have.
+    const site = h.counts.reduce((a, b) => a + b, 0), vn = val ? val.not_tb.reduce((a, b) => a + b, 0) : 0;
+    const ref = vn && site ? val.not_tb.map((c) => c * site / vn) : null;
+    const max = Math.max(1, ...h.counts, ...(ref || []));
     h.counts.forEach((c, i) => {
       const bh = (H - B - 10) * c / max, x = L + i * bw;
       const above = thrScore !== null && h.edges[i] >= thrScore;
@@ -86,7 +90,13 @@
       svg.append(rect);
       const t = TB.svg("text", { x: x, y: H - B + 11, "text-anchor": "middle" }); t.textContent = h.edges[i]; svg.append(t);
     });
-    const yl = TB.svg("text", { x: L - 4, y: 12, "text-anchor": "end" }); yl.textContent = max; svg.append(yl);
+    if (ref) {
+      const pts = ref.flatMap((c, i) => { const y = H - B - (H - B - 10) * c / max; return [`${L + i * bw},${y}`, `${L + (i + 1) * bw},${y}`]; });
+      const line = TB.svg("polyline", { class: "valref", id: "validation-outline", points: pts.join(" "), "data-counts": val.not_tb.join(",") });
+      line.append(TB.svg("title", {})); line.firstChild.textContent = `validation films without TB (${vn}), scaled to ${site} films`;
+      svg.append(line);
+    }
+    const yl = TB.svg("text", { x: L - 4, y: 12, "text-anchor": "end" }); yl.textContent = Math.round(max); svg.append(yl);
     const xl = TB.svg("text", { x: W / 2, y: H - 4, "text-anchor": "middle" }); xl.textContent = "TB score (bins widen to the right)"; svg.append(xl);
     if (thrScore !== null) {
       let i = h.edges.findIndex((e, k) => k < n && thrScore >= e && thrScore < h.edges[k + 1]);
@@ -120,7 +130,7 @@
     try { s = await TB.json("/api/site"); } catch (e) { return; }
     $("counts").replaceChildren(s.counts ? countsTable(s.counts) : TB.el("p", { class: "small", text: "screen results carry no time: no day counts." }));
     $("referral").replaceChildren(referral(s.referral));
-    histogram(s.histogram, s.threshold_score);
+    histogram(s.histogram, s.threshold_score, s.validation_histogram);
     $("validation").replaceChildren(validation(s.validation));
     $("report").replaceChildren(report(s.report));
     $("engine").replaceChildren(s.engine ? TB.el("p", { class: "small", id: "engine-line",

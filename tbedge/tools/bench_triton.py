@@ -16,7 +16,6 @@ client deserialisation.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from ..runtime.bundle import ROLES
 from ..runtime.runners.triton import MODEL_NAMES, TritonStats, server_address
-from .bench import RESULT_MARK, BenchError, _spawn, collect_images, latency_stats, write_json_atomic
+from .bench import BenchError, _spawn, collect_images, latency_stats, write_json_atomic
 from .host import host_facts
 
 CHILD_MODULE = "tbedge.tools.bench_triton"
@@ -230,23 +229,15 @@ def _fmt_server(s: dict) -> str:
             f"{(p.get('compute_input') or 0) + (p.get('compute_infer') or 0) + (p.get('compute_output') or 0):.2f})")
 
 
-def child_main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv != ["--child"]:
-        print("usage: python -m tbedge.tools.bench_triton --child < config.json", file=sys.stderr)
-        return 2
-    cfg = json.loads(sys.stdin.read())
-    try:
-        out = run_client_child(cfg)
-        out["label"] = cfg.get("label")
-    except Exception as e:  # noqa: BLE001 - the parent records the failure
-        import traceback
+def _labelled_client(cfg: dict) -> dict:
+    return {**run_client_child(cfg), "label": cfg.get("label")}
 
-        traceback.print_exc()
-        out = {"label": cfg.get("label"), "error": f"{type(e).__name__}: {e}"[:500]}
-    sys.stdout.write(RESULT_MARK + json.dumps(out) + "\n")
-    sys.stdout.flush()
-    return 0 if "error" not in out else 1
+
+def child_main(argv: list[str] | None = None) -> int:
+    """``--child``: one client process (configuration JSON on stdin -> one ``RESULT_MARK`` line)."""
+    from .bench_child import child_main as run_child
+
+    return run_child(argv, run=_labelled_client)
 
 
 if __name__ == "__main__":

@@ -238,8 +238,12 @@ def test_results_wait_in_the_outbox_while_orthanc_is_down(data_root, listener_fa
         study, uid = _uids(p)
         wait_for(lambda s=study, u=uid: {SC_CLASS, SR_CLASS} <= {i["sop_class"] for i in orthanc.study_instances(s)},
                  60, f"SR + SC of {uid} after Orthanc came back")
-    with sqlite3.connect(db) as c:
-        assert c.execute("SELECT COUNT(*) FROM outbox WHERE sent IS NULL").fetchone()[0] == 0
+
+    def outbox_empty() -> bool:  # Orthanc shows a film a moment before the SCU has its answer and records it
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT COUNT(*) FROM outbox WHERE sent IS NULL").fetchone()[0] == 0
+
+    wait_for(outbox_empty, 60, "the outbox to record every film as sent")
     assert lis.close() == 0
 
 

@@ -12,6 +12,7 @@ from tbedge.train.metrics import roc_auc
 
 R = Path("runs/cls")
 CORE = ("shenzhen", "montgomery", "nih")
+TBM_RUN = {"t3": "t3_tbm_s0", "sb": "sb_tb__s0"}  # runs/sb.sh named the tb_more fold by its first 3 letters
 
 
 def val_auc(pred: Path, sites=CORE) -> tuple[float, int]:
@@ -52,7 +53,7 @@ def sb() -> None:
     figs = {}
     for name in ("sb", "t3"):
         figs[name] = [best_sel(f"{name}_mon_s0"), best_sel(f"{name}_she_s0"),
-                      matched(R / f"{name}_tbm_s0" / "eval_site_val")]
+                      matched(R / TBM_RUN[name] / "eval_site_val")]
     d = np.array(figs["sb"]) - np.array(figs["t3"])
     for name, label in (("t3", "recipe  "), ("sb", "balanced")):
         print(f"{label} mon/she site_val, tbm matched:", [f"{x:.3f}" for x in figs[name]],

@@ -6,6 +6,7 @@ nothing else in the project spells these names.
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -145,13 +146,12 @@ TB_SCORE_EDGES = (0, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 75, 100.01)
 
 
 def tb_score_histogram(scores) -> list[int]:
-    """Counts of TB scores (0-100) in the ``TB_SCORE_EDGES`` bins."""
+    """Counts of TB scores (0-100) in the ``TB_SCORE_EDGES`` bins (each bin closed on the left)."""
     counts = [0] * (len(TB_SCORE_EDGES) - 1)
     for s in scores:
-        for i in range(len(counts)):
-            if s < TB_SCORE_EDGES[i + 1]:
-                counts[i] += 1
-                break
+        i = bisect.bisect_right(TB_SCORE_EDGES, s) - 1
+        if 0 <= i < len(counts):
+            counts[i] += 1
     return counts
 
 

@@ -473,16 +473,13 @@ def print_report(report: dict, console=None) -> None:
         st.add_row(escape(e["label"]), *cells)
     console.print(st)
     for e in rows:
-        dev = (e.get("model_only") or {}).get("device_ms")
-        if dev:
-            parts = [f"{role}: " + ", ".join(f"{k} {_fmt(v['median'], 3)}" for k, v in d.items() if v)
-                     for role, d in dev.items()]
-            console.print(escape(f"{e['label']} median ms (H2D, GPU compute, D2H): " + "; ".join(parts)))
-        dev = e.get("device_ms")  # the pipeline's device path, per stage and batch
-        if dev:
-            parts = [f"{stage}: " + ", ".join(f"{k} {_fmt(v['median'], 3)}" for k, v in d.items() if v)
-                     for stage, d in dev.items()]
-            console.print(escape(f"{e['label']} pipeline on the device, median ms per batch: " + "; ".join(parts)))
+        # H2D / GPU compute / D2H medians: per model (runner timings), then per stage of the device path
+        for dev, what in (((e.get("model_only") or {}).get("device_ms"), "median ms (H2D, GPU compute, D2H)"),
+                          (e.get("device_ms"), "pipeline on the device, median ms per batch")):
+            if dev:
+                parts = [f"{name}: " + ", ".join(f"{k} {_fmt(v['median'], 3)}" for k, v in d.items() if v)
+                         for name, d in dev.items()]
+                console.print(escape(f"{e['label']} {what}: " + "; ".join(parts)))
     if "skipped" in base:
         console.print(escape(f"baseline skipped: {base['skipped']}"))
     h = report["host"]

@@ -263,8 +263,8 @@ def _load_data(crops_npz: str | Path, cfg: TrainConfig, log: Callable[[str], Non
     wtr = nih_weights(wtr, crops.site[tr], ytr, cfg.nih_weight, x.nih_normal_weight)
     sample_p = None
     if cfg.site_balance:  # draw by weight instead of weighting the loss: a Montgomery TB film weighs ~40x
-        sample_p = wtr.astype(np.float64) / wtr.astype(np.float64).sum()  # a tb_more one: resample it
-        wtr = np.ones_like(wtr)
+        sample_p = wtr.astype(np.float64)  # a tb_more one: resample it
+        sample_p, wtr = sample_p / sample_p.sum(), np.ones_like(wtr)
     wse = balanced_weights(yse)
     ytrue = np.eye(len(CLASS_NAMES), dtype=np.float32)[ytr]
     if x.nih_not_tb != "none":  # a 4th column flags the rows the loss scores given "not TB"

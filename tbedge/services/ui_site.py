@@ -110,7 +110,7 @@ class Site:
         return {"version": self.index.version, "kind": self.index.kind, "counts": self._counts(entries),
                 "referral": self._referral(films), "threshold": threshold,
                 "threshold_score": None if threshold is None else schema.tb_score(threshold),
-                "histogram": {"edges": list(schema.TB_SCORE_EDGES[:-1]) + [100],
+                "histogram": {"edges": schema.tb_score_edges(),
                               "counts": schema.tb_score_histogram([e.tb_score for e in films
                                                                    if e.tb_score is not None])},
                 "validation": self._validation(self.manifest(clf.get("sha256")), threshold),
@@ -178,7 +178,7 @@ class Site:
         """The val TB-score histogram the bundle's gate recorded (TB / not TB), in the site histogram's bins."""
         gate = (((manifest or {}).get("models") or {}).get("classifier") or {}).get("gate") or {}
         h = gate.get("val_histogram")
-        ok = isinstance(h, dict) and h.get("edges") == list(schema.TB_SCORE_EDGES[:-1]) + [100]
+        ok = isinstance(h, dict) and h.get("edges") == schema.tb_score_edges()
         return {k: h[k] for k in ("edges", "tb", "not_tb")} if ok else None
 
     def engine_summary(self, latest: dict | None) -> dict | None:

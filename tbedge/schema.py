@@ -145,6 +145,11 @@ class Result:
 TB_SCORE_EDGES = (0, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 75, 100.01)
 
 
+def tb_score_edges() -> list[float]:
+    """``TB_SCORE_EDGES`` as a histogram records them (the last one shown as 100)."""
+    return [*TB_SCORE_EDGES[:-1], 100]
+
+
 def tb_score_histogram(scores) -> list[int]:
     """Counts of TB scores (0-100) in the ``TB_SCORE_EDGES`` bins (each bin closed on the left)."""
     counts = [0] * (len(TB_SCORE_EDGES) - 1)

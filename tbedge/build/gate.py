@@ -202,7 +202,7 @@ def evaluate(fp32: dict[str, Path], reduced: dict[str, Path], data_root: str | P
     r.failures = fails + fails1
     if runs["reduced"].tb:  # what a site's scores can be held against (``tbedge ui``'s site panel)
         score = 100.0 * np.array(runs["reduced"].tb)
-        r.val_histogram = {"edges": list(schema.TB_SCORE_EDGES[:-1]) + [100], "part": "val",
+        r.val_histogram = {"edges": schema.tb_score_edges(), "part": "val",
                            "tb": schema.tb_score_histogram(score[y]), "not_tb": schema.tb_score_histogram(score[~y])}
     r.batch_1 = {k: f1[k] for k in ("auc_reduced", "delta_auc", "delta_auc_ci95", "tb_flips", "dice_reduced",
                                     "dice_drop")}

@@ -121,7 +121,7 @@ class Viewer:
         out = self.index.page(offset, limit, flt, q)
         if self.show_patient:
             for row in out["rows"]:
-                e = self.index.get(row["id"])
+                e = self.index.get(row["id"], refresh=False)  # page() has just refreshed
                 row["patient"] = patient(self.index.named_path(e.film)) if e else None
         return out
 

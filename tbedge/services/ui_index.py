@@ -195,8 +195,9 @@ class ResultIndex:
         return {"version": self.version, "total": total, "all": len(rows), "offset": offset, "limit": limit,
                 "filter": flt, "q": q, "rows": [e.row() for e in picked]}
 
-    def get(self, entry_id: int) -> Entry | None:
-        self.refresh()
+    def get(self, entry_id: int, refresh: bool = True) -> Entry | None:
+        if refresh:
+            self.refresh()
         return self._by_id.get(entry_id)
 
     # -- files named by an entry ----------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from .ui_film import patient
 from .ui_index import ResultIndex
 from .watch_store import ENGINE_STATE_FILE
 
-# TB score bins (0-100 = 100 x P(TB)): finer at the low end, where the shipped threshold sits (3.5).
 REPORT_NAME = "local_threshold.json"  # what `tbedge set-threshold --report DIR` writes (+ roc.png)
 CSV_COLUMNS = ("time", "key", "status", "reason", "tb_score", "triage", "qa_flags", "duplicate_of", "sha256",
                "sop_instance_uid")
@@ -107,14 +106,15 @@ class Site:
         latest = self.latest_result()
         threshold = latest.get("threshold") if latest else None
         clf = ((latest or {}).get("models") or {}).get("classifier") or {}
+        manifest = self.manifest(clf.get("sha256"))
         return {"version": self.index.version, "kind": self.index.kind, "counts": self._counts(entries),
                 "referral": self._referral(films), "threshold": threshold,
                 "threshold_score": None if threshold is None else schema.tb_score(threshold),
-                "histogram": {"edges": list(schema.TB_SCORE_EDGES[:-1]) + [100],
+                "histogram": {"edges": schema.tb_score_edges(),
                               "counts": schema.tb_score_histogram([e.tb_score for e in films
                                                                    if e.tb_score is not None])},
-                "validation": self._validation(self.manifest(clf.get("sha256")), threshold),
-                "validation_histogram": self._validation_histogram(self.manifest(clf.get("sha256"))),
+                "validation": self._validation(manifest, threshold),
+                "validation_histogram": self._validation_histogram(manifest),
                 "engine": self.engine_summary(latest)}
 
     def _counts(self, entries) -> dict | None:
@@ -178,7 +178,7 @@ class Site:
         """The val TB-score histogram the bundle's gate recorded (TB / not TB), in the site histogram's bins."""
         gate = (((manifest or {}).get("models") or {}).get("classifier") or {}).get("gate") or {}
         h = gate.get("val_histogram")
-        ok = isinstance(h, dict) and h.get("edges") == list(schema.TB_SCORE_EDGES[:-1]) + [100]
+        ok = isinstance(h, dict) and h.get("edges") == schema.tb_score_edges()
         return {k: h[k] for k in ("edges", "tb", "not_tb")} if ok else None
 
     def engine_summary(self, latest: dict | None) -> dict | None:

@@ -5,6 +5,7 @@ mtime keep a film that is looked at twice from being decoded twice."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections import OrderedDict
@@ -136,11 +137,10 @@ def patient(path: Path | None) -> dict | None:
 
 
 # -- plain words ----------------------------------------------------------------------------------------------
+@functools.cache
 def _details() -> dict:
     """How tbedge decides each code, from docs/reason-codes.md (tools/reason_text.py writes this file)."""
-    if not hasattr(_details, "cache"):
-        _details.cache = json.loads((WEBUI / "reasons.json").read_text())
-    return _details.cache
+    return json.loads((WEBUI / "reasons.json").read_text())
 
 
 def explain(result: dict) -> list[dict]:

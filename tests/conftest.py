@@ -42,11 +42,11 @@ def all_sets_root(data_root) -> Path:
     return data_root
 
 
-def require_module(name: str):
+def require_module(name: str, extra: str = "build"):
     try:
         return importlib.import_module(name)
     except ImportError:
-        _missing(f"{name} is not installed (pip install -e '.[build]')")
+        _missing(f"{name} is not installed (pip install -e '.[{extra}]')")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
+from conftest import require_module
 
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
 VERSION = "1.30"
@@ -17,13 +17,7 @@ VERSION = "1.30"
 
 @pytest.fixture(scope="module")
 def kv():
-    try:
-        import kubernetes_validate
-    except ImportError:
-        if IN_CI:
-            pytest.fail("kubernetes-validate is not installed (pip install -e '.[dev]'; CI=true: required)")
-        pytest.skip("kubernetes-validate is not installed")
-    return kubernetes_validate
+    return require_module("kubernetes_validate", extra="dev")
 
 
 @pytest.fixture(scope="module")

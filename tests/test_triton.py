@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
+from conftest import require_module
 from listen_support import wait_for
 from watch_support import REPO, real_images, validate_result
 
@@ -38,12 +38,7 @@ def _tbedge(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def _need_tritonclient():
-    try:
-        import tritonclient.grpc  # noqa: F401
-    except ImportError:
-        if IN_CI:
-            pytest.fail("tritonclient is not installed (pip install -e '.[dev]'; CI=true: required)")
-        pytest.skip("tritonclient is not installed (pip install -e '.[triton]')")
+    require_module("tritonclient.grpc", extra="dev")
 
 
 def _read(path: Path) -> list[dict]:

@@ -383,16 +383,23 @@ class GpuPreprocessor:
 
     def download_heat(self, slot: int, n: int) -> None:
         """Enqueue the lung model's (n, L, L, 1) output -> the slot's host arena (read with host_heat)."""
-        s = self._slot(slot)
-        s.mark("heat_d2h", True)
-        dv.copy_d2h(s.hptr("heat_out"), s.dptr("heat"), n * self.lung_size * self.lung_size * 4, s.stream)
-        s.mark("heat_d2h", False)
+        self._download(slot, "heat_d2h", "heat", "heat_out", n, self.lung_size)
 
     def host_heat(self, slot: int, n: int) -> np.ndarray:
         """(n, L, L) float32 copy of the downloaded heat map; waits for the slot's stream first."""
+        return self._host_copy(slot, "heat_out", n, self.lung_size)
+
+    def _download(self, slot: int, stage: str, dev: str, host: str, n: int, side: int) -> None:
+        """Enqueue (n, side, side) float32 from device region ``dev`` -> host region ``host``, marked ``stage``."""
+        s = self._slot(slot)
+        s.mark(stage, True)
+        dv.copy_d2h(s.hptr(host), s.dptr(dev), n * side * side * 4, s.stream)
+        s.mark(stage, False)
+
+    def _host_copy(self, slot: int, host: str, n: int, side: int) -> np.ndarray:
         s = self._slot(slot)
         s.stream.synchronize()
-        return s.host.view(s.plan.host["heat_out"].offset, np.float32, (n, self.lung_size, self.lung_size)).copy()
+        return s.host.view(s.plan.host[host].offset, np.float32, (n, side, side)).copy()
 
     def crop_batch(self, slot: int, jobs: list) -> None:
         """Enqueue classifier input k for each ``jobs[k] = (box, mask)``: ``box`` in native pixels,
@@ -464,15 +471,10 @@ class GpuPreprocessor:
 
     def download_weights(self, slot: int, n: int) -> None:
         """Enqueue the (n, S, S) lung weights of a masked input -> the slot's host arena (overlays)."""
-        s = self._slot(slot)
-        s.mark("weights_d2h", True)
-        dv.copy_d2h(s.hptr("weights_out"), s.dptr("lung_weights"), n * self.cls_size * self.cls_size * 4, s.stream)
-        s.mark("weights_d2h", False)
+        self._download(slot, "weights_d2h", "lung_weights", "weights_out", n, self.cls_size)
 
     def host_weights(self, slot: int, n: int) -> np.ndarray:
-        s = self._slot(slot)
-        s.stream.synchronize()
-        return s.host.view(s.plan.host["weights_out"].offset, np.float32, (n, self.cls_size, self.cls_size)).copy()
+        return self._host_copy(slot, "weights_out", n, self.cls_size)
 
     # -- timing ---------------------------------------------------------------------------------
     def timings(self, slot: int, stages=None) -> dict[str, float]:

@@ -83,7 +83,7 @@ class Listener:
         self.send_to, self.extra = send_to, extra
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> Listener:
+    def start(self, timeout: float = 240) -> Listener:
         cmd = [sys.executable, "-m", "tbedge", "listen", "--out", str(self.out), "--host", HOST,
                "--port", str(self.port), "--ae-title", LISTEN_AE, "--engine", str(self.bundle),
                "--backend", "onnxruntime", "--threads", "1", "--batch", "4", "--min-free-mb", "1",

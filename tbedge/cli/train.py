@@ -28,6 +28,9 @@ def train_lungs(
     init: Path = typer.Option(None, "--init", help="Warm start from this lung model (.keras): fine-tune."),
     base: int = typer.Option(12, "--base", min=2, help="U-Net width of the first level (FLOPs grow as its square)."),
     size: int = typer.Option(256, "--size", min=64, help="Input side in pixels."),
+    stem: int = typer.Option(1, "--stem", min=1, max=4,
+                             help="2: the U-Net runs at half resolution behind a strided stem (a quarter "
+                                  "of the FLOPs)."),
 ):
     """Train the lung U-Net on the real masks (resumes from OUT when interrupted).
 
@@ -36,7 +39,7 @@ def train_lungs(
     from ..train.lungs import train_lungs as run
 
     state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site, lr=lr, init=init, base=base,
-                size=size)
+                size=size, stem=stem)
     print(f"best val Dice {state['best']:.4f} at epoch {state['best_epoch'] + 1}; model {out / 'best.keras'}")
 
 

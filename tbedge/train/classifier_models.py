@@ -394,7 +394,7 @@ def with_lung_power(model: keras.Model, power: float) -> keras.Model:
 
 # -- cost accounting ------------------------------------------------------------------------
 def count_macs(model: keras.Model) -> int:
-    """Multiply-accumulates of one forward pass (convolutions, dense layers and the head).
+    """Multiply-accumulates of one forward pass (convolutions, transposed ones, dense layers and the head).
 
     Counted from layer shapes; BN, pooling, adds and activations are left out (they are a few
     percent and fuse away on the edge runtimes). FLOPs ~= 2 x MACs.
@@ -404,7 +404,12 @@ def count_macs(model: keras.Model) -> int:
         if isinstance(layer, keras.Model):
             total += count_macs(layer)
             continue
-        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, CamHead)):
+        if isinstance(layer, layers.Conv2DTranspose):  # the lung U-Net's upsampling: kernel taps / stride area
+            kh, kw = layer.kernel_size
+            out = layer.output
+            total += (int(out.shape[1]) * int(out.shape[2]) * kh * kw // (layer.strides[0] * layer.strides[1])
+                      * int(layer.input.shape[-1]) * int(out.shape[-1]))
+        elif isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, CamHead)):
             out = layer.output[0] if isinstance(layer, CamHead) else layer.output
             inp = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
             cin = int(inp.shape[-1])

@@ -57,7 +57,7 @@ def dice_scores(heat: np.ndarray, ys: np.ndarray, cleaned: bool = True) -> np.nd
 
 def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: int = L.LUNG_INPUT,
                 base: int = 12, seed: int = 0, exclude_site: str | None = None, patience: int = 6,
-                lr: float = 2e-3, init: Path | None = None, log=print) -> dict:
+                lr: float = 2e-3, init: Path | None = None, stem: int = 1, log=print) -> dict:
     """Train (or, with ``init``, fine-tune a saved lung model: warm start, new cosine schedule
     from ``lr``); resumable from ``out``."""
     import keras
@@ -70,10 +70,10 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
         from .predict import load_keras
 
         model = load_keras(init)
-        size, base = model.input_shape[1], None
+        size, base, stem = model.input_shape[1], None, None
         log(f"lungs: warm start from {init}")
     else:
-        model = build_unet(size, base)
+        model = build_unet(size, base, stem=stem)
     parts = lung_parts(data, exclude_site, seed)
     log(f"lungs: train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
         + (f", cross ({exclude_site}) {len(parts['cross'])}" if exclude_site else ""))
@@ -103,9 +103,9 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
     # "loss" is the name the first checkpoints stored for this function.
     state = run_epochs(model, out, epochs, batches, steps, evaluate, "val_dice", patience, log,
                        custom_objects={"loss": bce_dice_loss, "bce_dice_loss": bce_dice_loss})
-    atomic_write_text(out / "config.json", json.dumps({"size": size, "base": base, "seed": seed, "epochs": epochs,
-                                                 "batch": batch, "exclude_site": exclude_site, "lr": lr,
-                                                 "init": str(init) if init else None}, indent=1))
+    atomic_write_text(out / "config.json", json.dumps({"size": size, "base": base, "stem": stem, "seed": seed,
+                                                 "epochs": epochs, "batch": batch, "exclude_site": exclude_site,
+                                                 "lr": lr, "init": str(init) if init else None}, indent=1))
     return state
 
 

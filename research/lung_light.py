@@ -1,0 +1,101 @@
+"""Study: a lung U-Net of at most 1 GFLOP a film (issue 19, deliverable 5). Research, not product.
+
+  python research/lung_light.py speed OUT_DIR      # random-weight candidates: GFLOPs, fp32/int8 ms a film
+                                                   # (ONNX Runtime, 2 threads, batch 1)
+  python research/lung_light.py e2e REF_LUNGS.onnx MODEL.keras OUT_DIR [PART]   # rule (2): the shipped classifier
+                                                   # on each lung model's crops, the gate's comparison
+
+Rules: research/selection-rules.md (15:25 UTC, issue 19 deliverable 5).
+
+Timing needs no trained weights, so the architecture is chosen on cost before anything trains.
+Rounds interleave the variants (noisy machine); medians are reported.
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CANDIDATES = {  # name -> build_unet kwargs
+    "b12": {"base": 12},
+    "b6": {"base": 6},
+    "b12_s2": {"base": 12, "stem": 2},
+    "b16_s2": {"base": 16, "stem": 2},
+    "b8_s2": {"base": 8, "stem": 2},
+}
+
+
+def films(n=16):
+    from tbedge import datasets
+    from tbedge.runtime import lungs as L
+    from tbedge.runtime.imaging import load_image
+    ss = [s for s in datasets.discover(datasets.find_data_root()) if s.site == "shenzhen"][:n]
+    return np.stack([L.preprocess(load_image(s.path).pixels, 256) for s in ss]).astype(np.float32)
+
+
+def speed(out, rounds=7, reps=15):
+    from tbedge.build import precision as P
+    from tbedge.build.export import export_onnx
+    from tbedge.calibration import ranges as R
+    from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
+    from tbedge.train.classifier_models import count_macs
+    from tbedge.train.unet import build_unet
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    x = films()
+    rep, runners = {}, {}
+    for name, kw in CANDIDATES.items():
+        m = build_unet(256, **kw)
+        export_onnx(m, out / f"{name}.onnx")
+        prep = P.prepare(out / f"{name}.onnx", out / f"{name}.prep.onnx")
+        rng = R.compute_ranges(prep, [x[i:i + 8] for i in range(0, len(x), 8)])
+        P.quantize(prep, rng, "cpu", out / f"{name}.int8.onnx")
+        rep[name] = {"params": int(m.count_params()), "gflops": round(2 * count_macs(m) / 1e9, 3)}
+        for prec in ("fp32", "int8"):
+            runners[(name, prec)] = OnnxRuntimeRunner(out / (f"{name}.onnx" if prec == "fp32" else f"{name}.int8.onnx"),
+                                                      threads=2).__enter__()
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, r in runners.items():
+            r.infer({"image": x[:1]})
+            t0 = time.perf_counter()
+            for i in range(reps):
+                r.infer({"image": x[i % len(x)][None]})
+            times[k].append((time.perf_counter() - t0) / reps * 1e3)
+    for (name, prec), t in times.items():
+        rep[name][f"{prec}_ms"] = round(float(np.median(t)), 2)
+    print(json.dumps(rep, indent=1))
+    (out / "speed.json").write_text(json.dumps(rep, indent=1))
+
+
+def e2e(ref_lungs, model, out, part="val"):
+    """Rule (2): the shipped fp32 classifier fed by crops of REF_LUNGS (.onnx) and of MODEL (.keras or .onnx),
+    on the gate's films of PART (val for the decision, test only after it), with the gate's comparison."""
+    from tbedge import datasets
+    from tbedge.build import gate as G
+    from tbedge.build.export import export_onnx
+    from tbedge.runtime.bundle import default_bundle_path, load_bundle
+    from tbedge.train.predict import load_keras
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    new = Path(model) if model.endswith(".onnx") else export_onnx(load_keras(model), out / "lungs.onnx")
+    fp32 = load_bundle(default_bundle_path().parent / "fp32")
+    thr = json.loads((default_bundle_path().parent / "keras" / "threshold.json").read_text())["value"]
+    samples = datasets.split(datasets.discover(datasets.find_data_root()))[part]
+    y = np.array([s.label == "tb" for s in samples])
+    runs = [G._run(lungs, fp32.model_path("classifier"), samples, 2, fp32.input_size("classifier"), 1,
+                   prep=fp32.crop_prep) for lungs in (Path(ref_lungs), new)]
+    f, fails = G._compare(y, *runs, thr, G.N_BOOT, "")
+    f.update(part=part, n=len(samples), n_tb=int(y.sum()), n_masks=len(runs[0].dice), failures=fails)
+    for tag, r in (("ref", runs[0]), ("new", runs[1])):
+        tb = np.array(r.tb)
+        f[f"sens_{tag}"], f[f"spec_{tag}"] = float(np.mean(tb[y] >= thr)), float(np.mean(tb[~y] < thr))
+    print(json.dumps(f, indent=1))
+    (out / f"e2e_{part}.json").write_text(json.dumps(f, indent=1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] not in ("speed", "e2e"):
+        sys.exit(__doc__)
+    {"speed": speed, "e2e": e2e}[sys.argv[1]](*sys.argv[2:])

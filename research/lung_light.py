@@ -4,6 +4,8 @@
                                                    # (ONNX Runtime, 2 threads, batch 1)
   python research/lung_light.py e2e REF_LUNGS.onnx MODEL.keras OUT_DIR [PART]   # rule (2): the shipped classifier
                                                    # on each lung model's crops, the gate's comparison
+  python research/lung_light.py qa OUT.json LUNGS.onnx...  # lung QA failures per site on every film
+  python research/lung_light.py edges OUT.json LUNGS.onnx  # how far lung masks run along the side borders
 
 Rules: research/selection-rules.md (15:25 UTC, issue 19 deliverable 5).
 
@@ -95,7 +97,75 @@ def e2e(ref_lungs, model, out, part="val"):
     (out / f"e2e_{part}.json").write_text(json.dumps(f, indent=1))
 
 
+def qa(out, *lungs):
+    """Lung QA failure rate (implausible mask: fallback crop, triage "refer") per site, every film in the data
+    folder, for each lung ONNX given, with the failing rules counted."""
+    from collections import Counter
+
+    from tbedge import datasets
+    from tbedge.runtime import lungs as L
+    from tbedge.runtime.imaging import load_image
+    from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
+    samples = datasets.discover(datasets.find_data_root(), sets="all")
+    rep = {}
+    for path in lungs:
+        fails, reasons, n = Counter(), Counter(), Counter()
+        with OnnxRuntimeRunner(path, threads=2) as r:
+            for k, s in enumerate(samples):
+                img = load_image(s.path).pixels
+                res = L.analyse(r.infer({"image": L.preprocess(img)[None]})["mask"][0, ..., 0], img.shape)
+                key = f"{s.site}/{'tb' if s.label == 'tb' else 'not_tb'}"
+                n[key] += 1
+                if res.fallback:
+                    fails[key] += 1
+                    reasons.update(f.split(":")[0] for f in res.qa.failures)
+                if k % 500 == 0:
+                    print(path, k, "/", len(samples), flush=True)
+        sites = sorted({k.split("/")[0] for k in n})
+        rep[str(path)] = {
+            "per_site": {st: {"n": sum(v for k, v in n.items() if k.startswith(st + "/")),
+                              "failed": sum(v for k, v in fails.items() if k.startswith(st + "/"))} for st in sites},
+            "per_site_label": {k: {"n": n[k], "failed": fails[k]} for k in sorted(n)}, "reasons": dict(reasons)}
+    print(json.dumps(rep, indent=1))
+    Path(out).write_text(json.dumps(rep, indent=1))
+
+
+def side_touch(mask) -> float:
+    """Fraction of the image height along which the mask lies on the left or right border column."""
+    return float(max(mask[:, 0].sum(), mask[:, -1].sum()) / mask.shape[0])
+
+
+def edges(out, lungs):
+    """How far cleaned lung masks run along the film's side borders: every ground-truth mask (at 256 px) and
+    the model's cleaned mask on every film that passes QA, per site (the basis of the `cut_off` QA rule)."""
+    import cv2
+
+    from tbedge import datasets
+    from tbedge.runtime import lungs as L
+    from tbedge.runtime.imaging import load_image
+    from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
+    samples = datasets.discover(datasets.find_data_root(), sets="all")
+    gt = [side_touch(cv2.resize(datasets.read_mask(s.mask).astype(np.uint8), (256, 256),
+                                interpolation=cv2.INTER_AREA) > 0) for s in samples if s.mask is not None]
+    per_site: dict[str, list[float]] = {}
+    with OnnxRuntimeRunner(lungs, threads=2) as r:
+        for k, s in enumerate(samples):
+            img = load_image(s.path).pixels
+            res = L.analyse(r.infer({"image": L.preprocess(img)[None]})["mask"][0, ..., 0], img.shape)
+            if not res.fallback:
+                per_site.setdefault(s.site, []).append(side_touch(res.mask))
+            if k % 1000 == 0:
+                print(k, "/", len(samples), flush=True)
+    q = (0.5, 0.9, 0.99, 1.0)
+    rep = {"gt": {"n": len(gt), "quantiles": np.quantile(gt, q).round(4).tolist()},
+           "model": {st: {"n": len(v), "quantiles": np.quantile(v, q).round(4).tolist(),
+                          "over": {t: int((np.array(v) > t).sum()) for t in (0.05, 0.1, 0.15, 0.2, 0.3)}}
+                     for st, v in sorted(per_site.items())}}
+    print(json.dumps(rep, indent=1))
+    Path(out).write_text(json.dumps(rep, indent=1))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("speed", "e2e"):
+    if len(sys.argv) < 3 or sys.argv[1] not in ("speed", "e2e", "qa", "edges"):
         sys.exit(__doc__)
-    {"speed": speed, "e2e": e2e}[sys.argv[1]](*sys.argv[2:])
+    {"speed": speed, "e2e": e2e, "qa": qa, "edges": edges}[sys.argv[1]](*sys.argv[2:])

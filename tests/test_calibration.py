@@ -78,3 +78,50 @@ def test_ranges_once_two_forms(lung_onnx, tmp_path):
     assert {z.dtype for z in zps["cpu"]} == {np.dtype(np.uint8)}
     assert {z.dtype for z in zps["tensorrt"]} == {np.dtype(np.int8)}
     assert all(np.all(z == 0) for z in zps["tensorrt"])
+
+
+def _resized_sigmoid_graph(path):
+    """image -> Conv 3x3 -> Conv 1x1 (logits) -> Transpose -> Resize x2 -> Sigmoid -> Reshape -> mask: the lung
+    model's tail since the stride-2 stem."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.5, (1, 4, 1, 1)).astype(np.float32), "w2")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    shape = numpy_helper.from_array(np.array([-1, 16, 16, 1], np.int64), "shape")
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["f"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["f"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["logits"], name="logits"),
+             helper.make_node("Transpose", ["logits"], ["t"], name="transpose", perm=[0, 1, 2, 3]),
+             helper.make_node("Resize", ["t", "", "scales"], ["up"], name="resize", mode="linear"),
+             helper.make_node("Sigmoid", ["up"], ["p"], name="sigmoid"),
+             helper.make_node("Reshape", ["p", "shape"], ["mask"], name="reshape")]
+    g = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, 8, 8])],
+                          [helper.make_tensor_value_info("mask", TensorProto.FLOAT, [None, 16, 16, 1])],
+                          [w1, w2, scales, shape])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_int8_keeps_the_probability_tail_in_float(tmp_path):
+    """The Sigmoid and the resize/reshape around it stay float: quantized there, the lung mask moved by up to 0.05
+    between CPU classes (emulated SSE4 self-test) and in 1/255 steps."""
+    import onnx
+
+    from tbedge.build import precision as P
+    from tbedge.calibration.ranges import compute_ranges
+
+    src = _resized_sigmoid_graph(tmp_path / "m.onnx")
+    assert P.float_output_nodes(onnx.load(str(src))) == ["reshape", "sigmoid", "resize", "transpose"]
+    prep = P.prepare(src, tmp_path / "prep.onnx")
+    x = np.random.default_rng(1).random((4, 1, 8, 8), np.float32)
+    q = onnx.load(str(P.quantize(prep, compute_ranges(prep, [x]), "cpu", tmp_path / "q.onnx")))
+    producer = {o: n for n in q.graph.node for o in n.output}
+    n, tail = producer["mask"], []
+    while n.op_type != "DequantizeLinear":
+        tail.append(n.op_type)
+        n = producer[n.input[0]]
+    assert tail == ["Reshape", "Sigmoid", "Resize", "Transpose"]  # float from the logits' DQ to the output
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)  # the convolutions are still int8

@@ -15,10 +15,10 @@ int8 comes in two forms quantized from ONE set of activation ranges (calibration
   is how its accuracy is gated on a host without a GPU.
 
 Two parts stay in float because they cost nothing and quantizing them costs accuracy: the final
-Sigmoid/Softmax producing a graph output (a probability in 1/255 steps would tie scores near the
-locked threshold) and the in-graph input normalisation ahead of the first Conv/MatMul (its variance
-and reciprocal tensors span orders of magnitude; on the lung model quantizing them tripled the
-mean mask drift).
+Sigmoid/Softmax producing a graph output, with any reshape or resize next to it (a probability in
+1/255 steps would tie scores near the locked threshold), and the in-graph input normalisation ahead of
+the first Conv/MatMul (its variance and reciprocal tensors span orders of magnitude; on the lung model
+quantizing them tripled the mean mask drift).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ FORMS = {
                  "quantize_bias": False, "dedicated_qdq_pair": True, "reduce_range": False},
 }
 FLOAT_OUTPUT_OPS = {"Sigmoid", "Softmax"}
+TAIL_OPS = {"Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Resize"}
 HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
 
@@ -79,8 +80,23 @@ def prepare(src: str | Path, out: str | Path) -> Path:
 
 
 def float_output_nodes(proto: onnx.ModelProto) -> list[str]:
-    outs = {o.name for o in proto.graph.output}
-    return [n.name for n in proto.graph.node if n.op_type in FLOAT_OUTPUT_OPS and set(n.output) & outs]
+    """The Sigmoid/Softmax that makes a graph output, with the shape and resize ops between it and the output
+    and between it and the last quantized op (the lung model resizes its logits before the Sigmoid: quantizing
+    them there, or the probability after, moved a mask pixel by up to 0.05 between CPU classes)."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    found = []
+    for out in proto.graph.output:
+        chain, n = [], producer.get(out.name)
+        while n is not None and n.op_type in TAIL_OPS | FLOAT_OUTPUT_OPS:
+            chain.append(n)
+            n = producer.get(n.input[0]) if consumers.get(n.input[0], 0) == 1 else None
+        if any(m.op_type in FLOAT_OUTPUT_OPS for m in chain):
+            found += [m.name for m in chain]
+    return found
 
 
 def float_prefix_nodes(proto: onnx.ModelProto) -> list[str]:

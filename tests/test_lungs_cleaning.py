@@ -102,6 +102,17 @@ def test_qa_failures(mask, failure):
     assert failure in L.mask_qa(mask()).failures
 
 
+def test_qa_cut_off_needs_an_edge_run_and_small_lungs():
+    """A lung cut by the film's side edge fails only when the lung fields are small (part of a chest); a
+    tightly cut film with large lungs along the edge passes."""
+    strip = two_lungs(left=(10, 90), right=(150, 90), axes=(30, 45))  # the left one runs off the edge
+    assert strip[:, 0].sum() > 0.1 * 256 and strip.sum() < 0.2 * 256 * 256
+    assert "cut_off" in L.mask_qa(strip).failures
+    tight = two_lungs(left=(60, 128), right=(196, 128), axes=(62, 100))  # large lungs touching both edges
+    assert tight[:, 0].sum() > 0.1 * 256 and tight.sum() > 0.2 * 256 * 256
+    assert L.mask_qa(tight).plausible, L.mask_qa(tight).failures
+
+
 def test_qa_balance():
     m = np.zeros((256, 256), np.uint8)
     cv2.ellipse(m, (80, 120), (40, 80), 0, 0, 360, 1, -1)

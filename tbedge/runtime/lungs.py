@@ -31,6 +31,12 @@ QA_MAX_UNCERTAIN = 0.35  # pixels with 0.2 < p < 0.8, relative to the mask area
 # Mean lung probability inside the cleaned mask: >= 0.951 on 99 % of the real films here, 0.82-0.91
 # on photographs (scikit-image's astronaut, coffee, cat, moon) where the shape alone can pass.
 QA_MIN_CONFIDENCE = 0.93
+# A lung running along the film's left or right edge for this fraction of the height, while the lung
+# fields cover less than QA_CUT_MAX_AREA: the film shows part of a chest, or a "lung" was found outside
+# it. Tightly cut films run along the edge too (10 % of `tb_more`), but their lungs are large: of 5,506
+# real films, one meets both, and its mask was wrong (an arm taken for a lung).
+QA_EDGE_RUN = 0.10
+QA_CUT_MAX_AREA = 0.20
 
 
 def resize_area(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -147,6 +153,9 @@ def mask_qa(mask: np.ndarray, heat: np.ndarray | None = None) -> MaskQA:
             fails.append("uncertain")
         if confidence is not None and confidence < QA_MIN_CONFIDENCE:
             fails.append("low_confidence")
+        edge_run = max(int(mask[:, 0].sum()), int(mask[:, -1].sum())) / h
+        if edge_run > QA_EDGE_RUN and af < QA_CUT_MAX_AREA:
+            fails.append("cut_off")
     return MaskQA(area / (h * w), len(areas), balance, centre, box, uncertain, confidence, fails)
 
 

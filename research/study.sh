@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: research/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d|lane11e SEED|lane11f|lane12a|lane12b|lane12c|lane12d   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: research/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d|lane11e SEED|lane11f|lane12a|lane12b|lane12c|lane12d|lane13   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +47,7 @@ lane3)  # second round: the lung-masked classifier (lung models from lane1/lane2
   for s in 0 1; do mcls m_main "f_main_s$s" 40 - "$s"; done
   for s in 0 1 2; do mcls m_no_montgomery "f_mc_s$s" 16 montgomery "$s"; done  # s0 ran as m4_mc_mask_nih03_s0
   mcls m_no_shenzhen f_sz_s0 16 shenzhen 0
-  CROPS="$R/crops/m_" tools/ship.sh "$R/cls/f_main_s0" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
+  LUNGS="$R/lungs_main/best.keras" CROPS="$R/crops/m_" tools/ship.sh "$R/cls/f_main_s0" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
   ;;
 seeds)  # the first study's two best at its 6-minute budget, seeds 1 and 2; IRv2 resumed to 55 minutes
   for s in 1 2; do cls resnet_s main "resnet_s6_s$s" 6 "" "$s"; cls edge_irn main "edge_irn_s$s" 6 "" "$s"; done
@@ -75,7 +75,7 @@ lane4)  # third round: more seeds of the recipe (GPU), NIH mixes, the other arch
   mcls m_main n_main_s0 40 - 0 --nih-not-tb all
   # only NIH no-finding given "not TB" (pneumonia keeps teaching "not TB"): measured, not shipped
   for s in 0 1 2; do mcls m_no_montgomery "q_mc_s$s" 16 montgomery "$s" --nih-not-tb no_finding; done
-  CROPS="$R/crops/m_" tools/ship.sh "$R/cls/g_main_s5" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
+  LUNGS="$R/lungs_main/best.keras" CROPS="$R/crops/m_" tools/ship.sh "$R/cls/g_main_s5" "$R/cls/f_sz_s0" "$R/cls/f_mc_s0"
   ;;
 lane5)  # fourth round (CPU): 320 px crops, NIH-only augmentation, more Montgomery -> Shenzhen seeds, then ship
   [ -f "$R/crops/m_main_320.npz" ] || tbedge train crops --data "$D" --lungs "$R/lungs_main/best.keras" \
@@ -86,7 +86,7 @@ lane5)  # fourth round (CPU): 320 px crops, NIH-only augmentation, more Montgome
   for s in 1 2; do mcls m_no_shenzhen "f_sz_s$s" 16 shenzhen "$s"; done
   tbedge evaluate lungs "$R/lungs_main/best.keras" --by-batch --output "$R/lungs_batches.json"
   # threshold from three fold seeds per direction (f_mc_s0 ran as m4_mc_mask_nih03_s0)
-  CROPS="$R/crops/m_" tools/ship.sh "$R/cls/g_main_s5" "$R/cls/m4_mc_mask_nih03_s0" "$R/cls/f_mc_s1" \
+  LUNGS="$R/lungs_main/best.keras" CROPS="$R/crops/m_" tools/ship.sh "$R/cls/g_main_s5" "$R/cls/m4_mc_mask_nih03_s0" "$R/cls/f_mc_s1" \
     "$R/cls/f_mc_s2" "$R/cls/f_sz_s0" "$R/cls/f_sz_s1" "$R/cls/f_sz_s2"
   ;;
 lane6)  # fifth round (CPU): a source adversary on normal films (NIH vs TB sites), rule in research/selection-rules.md
@@ -116,7 +116,7 @@ lane7)  # sixth round: fresh seeds 50-55 (trained on an H100 with KERAS_BACKEND=
   for r in m4_mc_mask_nih03_s0:f_mc_s0 f_mc_s1:f_mc_s1 f_mc_s2:f_mc_s2 f_sz_s0:f_sz_s0 f_sz_s1:f_sz_s1 f_sz_s2:f_sz_s2; do
     python tools/lung_power.py "$R/cls/${r%%:*}" "$R/ship6/${r##*:}_p2" 2
   done
-  CROPS="$R/crops/m_" tools/ship.sh "$R/ship6/cls_p2" "$R"/ship6/f_{mc,sz}_s{0,1,2}_p2
+  LUNGS="$R/lungs_main/best.keras" CROPS="$R/crops/m_" tools/ship.sh "$R/ship6/cls_p2" "$R"/ship6/f_{mc,sz}_s{0,1,2}_p2
   ;;
 lane8a)  # seventh round: weight averaging (SWA) paired with the plain recipe in each run; lane8a and lane8b side by side
   for s in 80 81; do mcls m_main "w_main_s$s" 40 - "$s" --average-from 0.25; done
@@ -264,6 +264,17 @@ lane10c)  # the ninth-round rule (selection data only)
 lane10d)  # after the ninth-round decision, whatever it was: internal test (power 2) and site_test (as trained)
   for s in 93 94; do EV=$R/ship9 ev "x_main_s$s" m_main test; done
   for s in 93 94 95; do ev "x_mc_s$s" m_no_montgomery site_test montgomery; ev "x_sz_s$s" m_no_shenzhen site_test shenzhen; done
+  ;;
+lane13)  # issue 19 (5): the stride-2 lung model, rule in selection-rules.md (15:25); classifier and threshold kept
+  tbedge train lungs --data "$D" --out "$R/lungs_s2" --epochs 16 --stem 2
+  git show ce71b0c:tbedge/models/fp32/lungs.onnx > "$R/lungs_full_fp32.onnx"  # the lung model it replaced
+  python research/lung_light.py e2e "$R/lungs_full_fp32.onnx" "$R/lungs_s2/best.keras" "$R/lungs_s2/e2e" val
+  LUNGS="$R/lungs_s2/best.keras" tools/ship.sh --keep-classifier
+  python research/lung_light.py e2e "$R/lungs_full_fp32.onnx" tbedge/models/fp32/lungs.onnx "$R/lungs_s2/e2e" test
+  tbedge evaluate lungs "$R/lungs_s2/best.keras" --onnx tbedge/models/fp32/lungs.onnx --by-batch \
+    --output "$R/lungs_s2/report.json"
+  python research/lung_light.py qa "$R/lungs_s2/qa.json" "$R/lungs_full_fp32.onnx" tbedge/models/fp32/lungs.onnx
+  python research/lung_light.py edges "$R/lungs_s2/edges.json" tbedge/models/fp32/lungs.onnx
   ;;
 *) sed -n 4p "$0" >&2; exit 2 ;;
 esac

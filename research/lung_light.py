@@ -93,6 +93,9 @@ def e2e(ref_lungs, model, out, part="val"):
     for tag, r in (("ref", runs[0]), ("new", runs[1])):
         tb = np.array(r.tb)
         f[f"sens_{tag}"], f[f"spec_{tag}"] = float(np.mean(tb[y] >= thr)), float(np.mean(tb[~y] < thr))
+    ranks = [np.argsort(np.argsort(r.tb)) for r in runs]  # how far the new crops reorder the classifier's scores
+    f["spearman"] = float(np.corrcoef(*ranks)[0, 1])
+    f["median_tb_ratio"] = float(np.median(np.array(runs[1].tb) / np.maximum(runs[0].tb, 1e-9)))
     print(json.dumps(f, indent=1))
     (out / f"e2e_{part}.json").write_text(json.dumps(f, indent=1))
 

@@ -31,8 +31,6 @@ def train_lungs(
     stem: int = typer.Option(1, "--stem", min=1, max=4,
                              help="2: the U-Net runs at half resolution behind a strided stem (a quarter "
                                   "of the FLOPs)."),
-    teacher: Path = typer.Option(None, "--teacher", help="Learn this lung ONNX's heat maps (mask films plus "
-                                 "unmasked train films) instead of the masks: a replacement that cuts the same crops."),
 ):
     """Train the lung U-Net on the real masks (resumes from OUT when interrupted).
 
@@ -41,7 +39,7 @@ def train_lungs(
     from ..train.lungs import train_lungs as run
 
     state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site, lr=lr, init=init, base=base,
-                size=size, stem=stem, teacher=teacher)
+                size=size, stem=stem)
     print(f"best val Dice {state['best']:.4f} at epoch {state['best_epoch'] + 1}; model {out / 'best.keras'}")
 
 

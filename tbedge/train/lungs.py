@@ -57,14 +57,9 @@ def dice_scores(heat: np.ndarray, ys: np.ndarray, cleaned: bool = True) -> np.nd
 
 def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: int = L.LUNG_INPUT,
                 base: int = 12, seed: int = 0, exclude_site: str | None = None, patience: int = 6,
-                lr: float = 2e-3, init: Path | None = None, stem: int = 1, teacher: Path | None = None,
-                log=print) -> dict:
+                lr: float = 2e-3, init: Path | None = None, stem: int = 1, log=print) -> dict:
     """Train (or, with ``init``, fine-tune a saved lung model: warm start, new cosine schedule
-    from ``lr``); resumable from ``out``.
-
-    ``teacher`` (a lung ONNX): learn its heat maps instead of the masks, on the mask films plus
-    ``TEACHER_EXTRA`` train-part films of every set, so that a replacement model cuts the crops the
-    shipped classifier was trained on. Val Dice against the masks still picks the epoch."""
+    from ``lr``); resumable from ``out``."""
     import keras
 
     from .loop import run_epochs
@@ -84,8 +79,6 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
         + (f", cross ({exclude_site}) {len(parts['cross'])}" if exclude_site else ""))
     xtr, ytr = load_pairs(parts["train"], size)
     xva, yva = load_pairs(parts["val"], size)
-    if teacher:
-        xtr, ytr = teacher_targets(Path(teacher), data, xtr, parts["train"], seed, log)
 
     steps = int(np.ceil(len(xtr) / batch))
     sched = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * epochs, alpha=0.05)
@@ -101,8 +94,7 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
             for j, k in enumerate(idx):
                 m = random_affine(rng, (size, size))
                 bx[j, ..., 0] = photometric(rng, warp(xtr[k].astype(np.float32) / 255.0, m))
-                y = warp(ytr[k].astype(np.float32) / (255.0 if teacher else 1.0), m)
-                by[j, ..., 0] = y if teacher else y > 0.5
+                by[j, ..., 0] = warp(ytr[k].astype(np.float32), m) > 0.5
             yield bx, by
 
     def evaluate(m):
@@ -113,36 +105,8 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
                        custom_objects={"loss": bce_dice_loss, "bce_dice_loss": bce_dice_loss})
     atomic_write_text(out / "config.json", json.dumps({"size": size, "base": base, "stem": stem, "seed": seed,
                                                  "epochs": epochs, "batch": batch, "exclude_site": exclude_site,
-                                                 "lr": lr, "init": str(init) if init else None,
-                                                 "teacher": str(teacher) if teacher else None}, indent=1))
+                                                 "lr": lr, "init": str(init) if init else None}, indent=1))
     return state
-
-
-TEACHER_EXTRA = 1000  # unmasked train-part films added for a teacher (stable hash order, every set)
-
-
-def teacher_targets(teacher: Path, data: Path, xtr: np.ndarray, train: list[Sample], seed: int,
-                    log=print) -> tuple[np.ndarray, np.ndarray]:
-    """The mask films plus TEACHER_EXTRA unmasked train/calib films, each with the teacher's heat map
-    (uint8, 0-255) as its target."""
-    from ..datasets import unit_hash
-    from ..runtime.runners.onnxruntime import OnnxRuntimeRunner
-
-    size = xtr.shape[1]
-    have = {s.path for s in train}
-    parts = split(discover(data, sets="all"), seed=seed)
-    extra = sorted((s for s in parts["train"] + parts["calib"]
-                    if s.path not in have and s.stem not in NATIVE_TEST_STEMS),
-                   key=lambda s: unit_hash(s.patient, 23))[:TEACHER_EXTRA]
-    xs = np.concatenate([xtr, np.stack([np.round(L.preprocess(load_image(s.path).pixels, size)[..., 0] * 255)
-                                        .astype(np.uint8) for s in extra])])
-    ys = np.zeros_like(xs)
-    with OnnxRuntimeRunner(teacher) as r:
-        for i in range(0, len(xs), 16):
-            heat = r.infer({"image": xs[i:i + 16].astype(np.float32)[..., None] / 255.0})["mask"][..., 0]
-            ys[i:i + 16] = np.round(heat * 255).astype(np.uint8)
-    log(f"lungs: teacher {teacher.name} on {len(xtr)} mask films + {len(extra)} others")
-    return xs, ys
 
 
 def cleaned_masks(model, samples: list[Sample], cache: dict | None = None) -> tuple[list, list]:

@@ -265,16 +265,21 @@ lane10d)  # after the ninth-round decision, whatever it was: internal test (powe
   for s in 93 94; do EV=$R/ship9 ev "x_main_s$s" m_main test; done
   for s in 93 94 95; do ev "x_mc_s$s" m_no_montgomery site_test montgomery; ev "x_sz_s$s" m_no_shenzhen site_test shenzhen; done
   ;;
-lane13)  # issue 19 (5): the stride-2 lung model, rule in selection-rules.md (15:25); classifier and threshold kept
+lane13)  # issue 19 (5): the stride-2 lung model; rule in selection-rules.md (15:25), shipped, reversed at 16:40
   tbedge train lungs --data "$D" --out "$R/lungs_s2" --epochs 16 --stem 2
-  git show ce71b0c:tbedge/models/fp32/lungs.onnx > "$R/lungs_full_fp32.onnx"  # the lung model it replaced
+  git show ce71b0c:tbedge/models/fp32/lungs.onnx > "$R/lungs_full_fp32.onnx"  # the shipped lung model
   python research/lung_light.py e2e "$R/lungs_full_fp32.onnx" "$R/lungs_s2/best.keras" "$R/lungs_s2/e2e" val
-  LUNGS="$R/lungs_s2/best.keras" tools/ship.sh --keep-classifier
-  python research/lung_light.py e2e "$R/lungs_full_fp32.onnx" tbedge/models/fp32/lungs.onnx "$R/lungs_s2/e2e" test
-  tbedge evaluate lungs "$R/lungs_s2/best.keras" --onnx tbedge/models/fp32/lungs.onnx --by-batch \
-    --output "$R/lungs_s2/report.json"
-  python research/lung_light.py qa "$R/lungs_s2/qa.json" "$R/lungs_full_fp32.onnx" tbedge/models/fp32/lungs.onnx
-  python research/lung_light.py edges "$R/lungs_s2/edges.json" tbedge/models/fp32/lungs.onnx
+  # (shipped here as `LUNGS="$R/lungs_s2/best.keras" tools/ship.sh --keep-classifier`, then taken back)
+  tbedge evaluate lungs "$R/lungs_s2/best.keras" --by-batch --output "$R/lungs_s2/report.json"
+  python research/lung_light.py qa "$R/lungs_s2/qa.json" "$R/lungs_full_fp32.onnx" "$R/lungs_s2/e2e/lungs.onnx"
+  python research/lung_light.py edges "$R/lungs_s2/edges.json" "$R/lungs_s2/e2e/lungs.onnx"
+  # what reversed it: the shipped classifier on each lung model's crops, every set, with the audit
+  tbedge train crops --data "$D" --sets all --lungs "$R/lungs_s2/best.keras" --output "$R/crops/all_s2_224.npz"
+  for c in main s2; do for p in "--part val" "--fold tb_more --part site_val" "--fold tb_more --part site_test" \
+      "--fold montgomery --part site_test" "--fold shenzhen --part site_test" "--part test"; do
+    tbedge evaluate classifier tbedge/models/fp32/classifier.onnx --data "$R/crops/all_${c}_224.npz" --sets all $p \
+      --audit --out "$R/cls/shipped_${c}_$(echo "$p" | tr -d ' -')"
+  done; done
   ;;
 *) sed -n 4p "$0" >&2; exit 2 ;;
 esac

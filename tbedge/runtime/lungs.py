@@ -33,8 +33,8 @@ QA_MAX_UNCERTAIN = 0.35  # pixels with 0.2 < p < 0.8, relative to the mask area
 QA_MIN_CONFIDENCE = 0.93
 # A lung running along the film's left or right edge for this fraction of the height, while the lung
 # fields cover less than QA_CUT_MAX_AREA: the film shows part of a chest, or a "lung" was found outside
-# it. Tightly cut films run along the edge too (10 % of `tb_more`), but their lungs are large: of 5,506
-# real films, one meets both, and its mask was wrong (an arm taken for a lung).
+# it. Tightly cut films run along the edge too (15 % of `tb_more`), but their lungs are large: of 5,506
+# real films, 3 fail this rule alone, 2 of them with wrong masks (MODEL_CARD_lungs.md).
 QA_EDGE_RUN = 0.10
 QA_CUT_MAX_AREA = 0.20
 

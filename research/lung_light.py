@@ -6,12 +6,14 @@
                                                    # on each lung model's crops, the gate's comparison
   python research/lung_light.py qa OUT.json LUNGS.onnx...  # lung QA failures per site on every film
   python research/lung_light.py edges OUT.json LUNGS.onnx  # how far lung masks run along the side borders
+  python research/lung_light.py paired OLD_EVAL_DIR NEW_EVAL_DIR  # paired AUC drop between two evaluations
 
 Rules: research/selection-rules.md (15:25 UTC, issue 19 deliverable 5).
 
 Timing needs no trained weights, so the architecture is chosen on cost before anything trains.
 Rounds interleave the variants (noisy machine); medians are reported.
 """
+import contextlib
 import json
 import sys
 import time
@@ -46,7 +48,7 @@ def speed(out, rounds=7, reps=15):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     x = films()
-    rep, runners = {}, {}
+    rep, runners, stack = {}, {}, contextlib.ExitStack()
     for name, kw in CANDIDATES.items():
         m = build_unet(256, **kw)
         export_onnx(m, out / f"{name}.onnx")
@@ -55,8 +57,8 @@ def speed(out, rounds=7, reps=15):
         P.quantize(prep, rng, "cpu", out / f"{name}.int8.onnx")
         rep[name] = {"params": int(m.count_params()), "gflops": round(2 * count_macs(m) / 1e9, 3)}
         for prec in ("fp32", "int8"):
-            runners[(name, prec)] = OnnxRuntimeRunner(out / (f"{name}.onnx" if prec == "fp32" else f"{name}.int8.onnx"),
-                                                      threads=2).__enter__()
+            path = out / (f"{name}.onnx" if prec == "fp32" else f"{name}.int8.onnx")
+            runners[(name, prec)] = stack.enter_context(OnnxRuntimeRunner(path, threads=2))
     times = {k: [] for k in runners}
     for _ in range(rounds):
         for k, r in runners.items():
@@ -65,6 +67,7 @@ def speed(out, rounds=7, reps=15):
             for i in range(reps):
                 r.infer({"image": x[i % len(x)][None]})
             times[k].append((time.perf_counter() - t0) / reps * 1e3)
+    stack.close()
     for (name, prec), t in times.items():
         rep[name][f"{prec}_ms"] = round(float(np.median(t)), 2)
     print(json.dumps(rep, indent=1))
@@ -100,30 +103,34 @@ def e2e(ref_lungs, model, out, part="val"):
     (out / f"e2e_{part}.json").write_text(json.dumps(f, indent=1))
 
 
-def qa(out, *lungs):
-    """Lung QA failure rate (implausible mask: fallback crop, triage "refer") per site, every film in the data
-    folder, for each lung ONNX given, with the failing rules counted."""
-    from collections import Counter
-
+def analysed(lungs):
+    """(sample, LungResult) for every film in the data folder (all sets) through one lung ONNX, with progress."""
     from tbedge import datasets
     from tbedge.runtime import lungs as L
     from tbedge.runtime.imaging import load_image
     from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
     samples = datasets.discover(datasets.find_data_root(), sets="all")
+    with OnnxRuntimeRunner(lungs, threads=2) as r:
+        for k, s in enumerate(samples):
+            img = load_image(s.path).pixels
+            yield s, L.analyse(r.infer({"image": L.preprocess(img)[None]})["mask"][0, ..., 0], img.shape)
+            if k % 500 == 0:
+                print(lungs, k, "/", len(samples), flush=True)
+
+
+def qa(out, *lungs):
+    """Lung QA failure rate (implausible mask: fallback crop, triage "refer") per site, every film in the data
+    folder, for each lung ONNX given, with the failing rules counted."""
+    from collections import Counter
     rep = {}
     for path in lungs:
         fails, reasons, n = Counter(), Counter(), Counter()
-        with OnnxRuntimeRunner(path, threads=2) as r:
-            for k, s in enumerate(samples):
-                img = load_image(s.path).pixels
-                res = L.analyse(r.infer({"image": L.preprocess(img)[None]})["mask"][0, ..., 0], img.shape)
-                key = f"{s.site}/{'tb' if s.label == 'tb' else 'not_tb'}"
-                n[key] += 1
-                if res.fallback:
-                    fails[key] += 1
-                    reasons.update(f.split(":")[0] for f in res.qa.failures)
-                if k % 500 == 0:
-                    print(path, k, "/", len(samples), flush=True)
+        for s, res in analysed(path):
+            key = f"{s.site}/{'tb' if s.label == 'tb' else 'not_tb'}"
+            n[key] += 1
+            if res.fallback:
+                fails[key] += 1
+                reasons.update(res.qa.failures)
         sites = sorted({k.split("/")[0] for k in n})
         rep[str(path)] = {
             "per_site": {st: {"n": sum(v for k, v in n.items() if k.startswith(st + "/")),
@@ -133,32 +140,20 @@ def qa(out, *lungs):
     Path(out).write_text(json.dumps(rep, indent=1))
 
 
-def side_touch(mask) -> float:
-    """Fraction of the image height along which the mask lies on the left or right border column."""
-    return float(max(mask[:, 0].sum(), mask[:, -1].sum()) / mask.shape[0])
-
-
 def edges(out, lungs):
-    """How far cleaned lung masks run along the film's side borders: every ground-truth mask (at 256 px) and
-    the model's cleaned mask on every film that passes QA, per site (the basis of the `cut_off` QA rule)."""
+    """How far cleaned lung masks run along the film's side borders (`lungs.edge_run`): every ground-truth mask
+    (at 256 px) and the model's cleaned mask on every film that passes QA, per site (the `cut_off` rule's basis)."""
     import cv2
 
     from tbedge import datasets
     from tbedge.runtime import lungs as L
-    from tbedge.runtime.imaging import load_image
-    from tbedge.runtime.runners.onnxruntime import OnnxRuntimeRunner
-    samples = datasets.discover(datasets.find_data_root(), sets="all")
-    gt = [side_touch(cv2.resize(datasets.read_mask(s.mask).astype(np.uint8), (256, 256),
-                                interpolation=cv2.INTER_AREA) > 0) for s in samples if s.mask is not None]
+    gt = [L.edge_run(cv2.resize(datasets.read_mask(s.mask).astype(np.uint8), (256, 256),
+                                interpolation=cv2.INTER_AREA) > 0)
+          for s in datasets.discover(datasets.find_data_root()) if s.mask is not None]
     per_site: dict[str, list[float]] = {}
-    with OnnxRuntimeRunner(lungs, threads=2) as r:
-        for k, s in enumerate(samples):
-            img = load_image(s.path).pixels
-            res = L.analyse(r.infer({"image": L.preprocess(img)[None]})["mask"][0, ..., 0], img.shape)
-            if not res.fallback:
-                per_site.setdefault(s.site, []).append(side_touch(res.mask))
-            if k % 1000 == 0:
-                print(k, "/", len(samples), flush=True)
+    for s, res in analysed(lungs):
+        if not res.fallback:
+            per_site.setdefault(s.site, []).append(L.edge_run(res.mask))
     q = (0.5, 0.9, 0.99, 1.0)
     rep = {"gt": {"n": len(gt), "quantiles": np.quantile(gt, q).round(4).tolist()},
            "model": {st: {"n": len(v), "quantiles": np.quantile(v, q).round(4).tolist(),
@@ -168,7 +163,23 @@ def edges(out, lungs):
     Path(out).write_text(json.dumps(rep, indent=1))
 
 
+def paired(old_dir, new_dir):
+    """TB-vs-rest AUC drop (old - new) with the gate's paired bootstrap CI, from two `tbedge evaluate classifier`
+    outputs on the same films (what reversed the lung swap: old crops against the stride-2 model's)."""
+    import csv
+
+    from tbedge.build.gate import auc, paired_bootstrap_delta_auc
+    a, b = ({r["path"]: r for r in csv.DictReader(open(Path(d) / "predictions.csv"))} for d in (old_dir, new_dir))
+    keys = sorted(set(a) & set(b))
+    y = np.array([a[k]["label"] == "tb" for k in keys])
+    s_old, s_new = (np.array([float(x[k]["p_tb"]) for k in keys]) for x in (a, b))
+    drop, ci = paired_bootstrap_delta_auc(y, s_old, s_new)
+    print(json.dumps({"n": len(keys), "auc_old": auc(y, s_old), "auc_new": auc(y, s_new), "drop": drop,
+                      "drop_ci95": ci}, indent=1))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("speed", "e2e", "qa", "edges"):
+    commands = {"speed": speed, "e2e": e2e, "qa": qa, "edges": edges, "paired": paired}
+    if len(sys.argv) < 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
-    {"speed": speed, "e2e": e2e, "qa": qa, "edges": edges}[sys.argv[1]](*sys.argv[2:])
+    commands[sys.argv[1]](*sys.argv[2:])

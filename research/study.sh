@@ -280,6 +280,8 @@ lane13)  # issue 19 (5): the stride-2 lung model; rule in selection-rules.md (15
     tbedge evaluate classifier tbedge/models/fp32/classifier.onnx --data "$R/crops/all_${c}_224.npz" --sets all $p \
       --audit --out "$R/cls/shipped_${c}_$(echo "$p" | tr -d ' -')"
   done; done
+  for p in foldtb_morepartsite_val foldtb_morepartsite_test partval; do  # paired AUC drop, old crops - new
+    python research/lung_light.py paired "$R/cls/shipped_main_$p" "$R/cls/shipped_s2_$p"; done
   ;;
 *) sed -n 4p "$0" >&2; exit 2 ;;
 esac

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -84,16 +85,13 @@ def float_output_nodes(proto: onnx.ModelProto) -> list[str]:
     and between it and the last quantized op (the lung model resizes its logits before the Sigmoid: quantizing
     them there, or the probability after, moved a mask pixel by up to 0.05 between CPU classes)."""
     producer = {o: n for n in proto.graph.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
+    consumers = Counter(i for n in proto.graph.node for i in n.input)
     found = []
     for out in proto.graph.output:
         chain, n = [], producer.get(out.name)
         while n is not None and n.op_type in TAIL_OPS | FLOAT_OUTPUT_OPS:
             chain.append(n)
-            n = producer.get(n.input[0]) if consumers.get(n.input[0], 0) == 1 else None
+            n = producer.get(n.input[0]) if consumers[n.input[0]] == 1 else None
         if any(m.op_type in FLOAT_OUTPUT_OPS for m in chain):
             found += [m.name for m in chain]
     return found

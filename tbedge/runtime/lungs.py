@@ -117,6 +117,11 @@ class MaskQA:
                 "failures": list(self.failures)}
 
 
+def edge_run(mask: np.ndarray) -> float:
+    """Fraction of the mask's height along which it lies on the left or right border column."""
+    return max(int(mask[:, 0].sum()), int(mask[:, -1].sum())) / mask.shape[0]
+
+
 def mask_qa(mask: np.ndarray, heat: np.ndarray | None = None) -> MaskQA:
     h, w = mask.shape
     area = float(mask.sum())
@@ -153,8 +158,7 @@ def mask_qa(mask: np.ndarray, heat: np.ndarray | None = None) -> MaskQA:
             fails.append("uncertain")
         if confidence is not None and confidence < QA_MIN_CONFIDENCE:
             fails.append("low_confidence")
-        edge_run = max(int(mask[:, 0].sum()), int(mask[:, -1].sum())) / h
-        if edge_run > QA_EDGE_RUN and af < QA_CUT_MAX_AREA:
+        if edge_run(mask) > QA_EDGE_RUN and af < QA_CUT_MAX_AREA:
             fails.append("cut_off")
     return MaskQA(area / (h * w), len(areas), balance, centre, box, uncertain, confidence, fails)
 

@@ -404,21 +404,19 @@ def count_macs(model: keras.Model) -> int:
         if isinstance(layer, keras.Model):
             total += count_macs(layer)
             continue
-        if isinstance(layer, layers.Conv2DTranspose):  # the lung U-Net's upsampling: kernel taps / stride area
-            kh, kw = layer.kernel_size
-            out = layer.output
-            total += (int(out.shape[1]) * int(out.shape[2]) * kh * kw // (layer.strides[0] * layer.strides[1])
-                      * int(layer.input.shape[-1]) * int(out.shape[-1]))
-        elif isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, CamHead)):
+        if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose, layers.DepthwiseConv2D, layers.Dense, CamHead)):
             out = layer.output[0] if isinstance(layer, CamHead) else layer.output
             inp = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
             cin = int(inp.shape[-1])
             if isinstance(layer, layers.DepthwiseConv2D):
                 kh, kw = layer.kernel_size
                 total += int(out.shape[1]) * int(out.shape[2]) * kh * kw * int(out.shape[-1])
-            elif isinstance(layer, layers.Conv2D):
+            elif isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose)):
                 kh, kw = layer.kernel_size
-                total += (int(out.shape[1]) * int(out.shape[2]) * kh * kw * cin // layer.groups
+                # a transposed convolution reaches each output pixel with kernel / stride-area taps
+                taps = kh * kw // (layer.strides[0] * layer.strides[1] if isinstance(layer, layers.Conv2DTranspose)
+                                   else 1)
+                total += (int(out.shape[1]) * int(out.shape[2]) * taps * cin // getattr(layer, "groups", 1)
                           * int(out.shape[-1]))
             elif isinstance(layer, CamHead):
                 total += int(inp.shape[1]) * int(inp.shape[2]) * cin * layer.n_classes

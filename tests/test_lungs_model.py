@@ -122,3 +122,25 @@ def test_lung_reports_predict_each_film_once(data_root):
         assert np.array_equal(a, c)
     assert all(np.array_equal(a, f) for a, f in zip(first, again[:4], strict=True))
     assert min(L.dice(m, g) for m, g in zip(first, gts, strict=True)) > 0.85
+
+
+def test_lung_opacities_paint_inside_the_lungs_only(data_root):
+    from tbedge.train.augment import lung_opacities
+    from tbedge.train.lungs import load_pairs
+
+    s = next(s for s in split(discover(data_root))["train"] if s.mask is not None)
+    x8, y8 = load_pairs([s], 256)
+    x, mask = x8[0].astype(np.float32) / 255.0, y8[0].astype(np.float32)
+    rng = np.random.default_rng(0)
+    assert lung_opacities(rng, x, mask, 0.0) is x and rng.random() == np.random.default_rng(0).random()  # p=0: no draw
+    far = cv2.dilate((mask > 0.5).astype(np.uint8), np.ones((17, 17), np.uint8)) == 0  # 8 px beyond the lungs
+    brighter = 0
+    for seed in range(12):
+        out = lung_opacities(np.random.default_rng(seed), x, mask, 1.0)
+        assert out.dtype == np.float32 and out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+        assert np.array_equal(out[far], x[far]), seed  # nothing painted outside the lungs
+        np.testing.assert_array_equal(out, lung_opacities(np.random.default_rng(seed), x, mask, 1.0))  # seeded
+        lung = mask > 0.5
+        assert np.abs(out - x)[lung].max() > 0.05, seed  # every film got some density
+        brighter += out[lung].mean() > x[lung].mean()
+    assert brighter >= 10  # consolidation makes lung denser (a cavity can darken a little)

@@ -31,6 +31,11 @@ def train_lungs(
     stem: int = typer.Option(1, "--stem", min=1, max=4,
                              help="2: the U-Net runs at half resolution behind a strided stem (a quarter "
                                   "of the FLOPs)."),
+    opacity: float = typer.Option(0.0, "--opacity", min=0.0, max=1.0,
+                                  help="Share of training films given painted consolidation, cavities or white-out "
+                                       "inside the lungs (the mask stays): dense lung is still lung."),
+    film: float = typer.Option(0.0, "--film-look", min=0.0, max=1.0,
+                               help="Film-look augmentation strength (scan resolution, film curve, grain, pen)."),
 ):
     """Train the lung U-Net on the real masks (resumes from OUT when interrupted).
 
@@ -39,7 +44,7 @@ def train_lungs(
     from ..train.lungs import train_lungs as run
 
     state = run(data, out, epochs=epochs, seed=seed, exclude_site=exclude_site, lr=lr, init=init, base=base,
-                size=size, stem=stem)
+                size=size, stem=stem, opacity=opacity, film=film)
     print(f"best val Dice {state['best']:.4f} at epoch {state['best_epoch'] + 1}; model {out / 'best.keras'}")
 
 

@@ -6,6 +6,8 @@ applied with its own probability from a seeded Generator, so a run is reproducib
 Film look (``film_look``): what separates one acquisition chain from another rather than one disease from
 another (resolution, the film's tone curve, grain, digital sharpening, scratches and pen strokes), applied
 to every class alike so that no look can carry a label (issue 20).
+Lung opacities (``lung_opacities``, for the lung model only): consolidation, cavities and white-out painted inside
+the lung mask, so that the U-Net learns that dense lung is still lung (the films it misses are those).
 Mixup (blending samples within a batch) is here for the classifier study; the recipe does not use it.
 """
 
@@ -82,6 +84,53 @@ def film_look(rng: np.random.Generator, img: np.ndarray, p: float = 1.0) -> np.n
             pts = (rng.uniform(0, 1, (int(rng.integers(2, 5)), 2)) * (w, h)).astype(np.int32)
             cv2.polylines(x, [pts], False, float(rng.uniform(0, 1)), int(rng.integers(1, 3)), cv2.LINE_AA)
     return np.clip(x, 0, 1).astype(np.float32)
+
+
+def _blob(rng: np.random.Generator, shape: tuple[int, int], where: np.ndarray, frac: float) -> np.ndarray:
+    """A smooth field in [0, 1] centred on a random pixel of ``where``, about ``frac`` of the side across,
+    with a lumpy edge (smoothed noise), so it does not look like a drawn ellipse."""
+    h, w = shape
+    ys, xs = np.nonzero(where)
+    i = int(rng.integers(len(ys)))
+    r = max(2.0, frac * min(h, w) / 2)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = rng.uniform(0.6, 1.4)
+    d = np.sqrt(((yy - ys[i]) / (r * a)) ** 2 + ((xx - xs[i]) * a / r) ** 2)
+    lumps = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), max(1.0, r / 3))
+    lumps /= np.float32(lumps.std() + 1e-6)
+    return np.clip(1.5 - d - 0.25 * lumps, 0, 1).astype(np.float32)
+
+
+def lung_opacities(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, p: float = 1.0) -> np.ndarray:
+    """img float32 [0, 1] (S, S), mask its lung mask (> 0.5 = lung) -> the same film with disease-like density
+    inside the lungs: 1-3 consolidations (bright, soft-edged, with their own texture), sometimes a cavity (a dark
+    centre in a bright rim) or the white-out of most of one lung. The mask, the label, stays as it is. ``p`` is the
+    probability that a film gets any."""
+    lung = mask > 0.5
+    if p <= 0 or rng.random() >= p or lung.sum() < 50:
+        return img
+    x = img.astype(np.float32, copy=True)
+    inside = cv2.GaussianBlur(lung.astype(np.float32), (0, 0), 2.0)  # density fades at the lung's edge
+    # Consolidation approaches soft-tissue density (the mediastinum's grey); a cavity holds air (the lung's darkest).
+    dense = max(float(np.percentile(x[lung], 97)), float(np.percentile(x, 75)))
+    air = float(np.percentile(x[lung], 10))
+    for _ in range(int(rng.integers(1, 4))):
+        b = _blob(rng, x.shape, lung, rng.uniform(0.08, 0.3)) * inside
+        level = dense * rng.uniform(0.85, 1.05)
+        texture = 1 + 0.08 * cv2.GaussianBlur(rng.normal(0, 1, x.shape).astype(np.float32), (0, 0), 1.5)
+        x = x + b * np.float32(rng.uniform(0.6, 1.0)) * (level * texture - x).clip(0, None)
+        core = b > 0.9
+        if rng.random() < 0.25 and core.sum() > 20:  # a cavity: air inside the consolidation, its wall stays
+            c = _blob(rng, x.shape, core, rng.uniform(0.03, 0.07)) * core
+            x = x + c * np.float32(rng.uniform(0.5, 0.9)) * (air - x)
+    if rng.random() < 0.15:  # white-out of one lung (effusion, collapse, extensive consolidation)
+        n, lab = cv2.connectedComponents(lung.astype(np.uint8))
+        if n > 1:
+            side = (lab == int(rng.integers(1, n))).astype(np.float32)
+            side = cv2.GaussianBlur(side, (0, 0), 3.0) * np.float32(rng.uniform(0.5, 0.9))
+            x = x + side * (dense - x).clip(0, None)
+    near = cv2.dilate(lung.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0  # the soft edges end 4 px out
+    return np.clip(np.where(near, x, img), 0, 1).astype(np.float32)
 
 
 def mixup(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float

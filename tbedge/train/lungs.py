@@ -12,7 +12,7 @@ from ..datasets import NATIVE_TEST_STEMS, Sample, discover, read_mask, split
 from ..fsio import atomic_write_text
 from ..runtime import lungs as L
 from ..runtime.imaging import load_image
-from .augment import photometric, random_affine, warp
+from .augment import film_look, lung_opacities, photometric, random_affine, warp
 from .unet import bce_dice_loss
 
 
@@ -57,9 +57,11 @@ def dice_scores(heat: np.ndarray, ys: np.ndarray, cleaned: bool = True) -> np.nd
 
 def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: int = L.LUNG_INPUT,
                 base: int = 12, seed: int = 0, exclude_site: str | None = None, patience: int = 6,
-                lr: float = 2e-3, init: Path | None = None, stem: int = 1, log=print) -> dict:
+                lr: float = 2e-3, init: Path | None = None, stem: int = 1, opacity: float = 0.0,
+                film: float = 0.0, log=print) -> dict:
     """Train (or, with ``init``, fine-tune a saved lung model: warm start, new cosine schedule
-    from ``lr``); resumable from ``out``."""
+    from ``lr``); resumable from ``out``. ``opacity``: share of training films given painted lung opacities
+    (``augment.lung_opacities``); ``film``: film-look strength (``augment.film_look``); both 0 = as before."""
     import keras
 
     from .loop import run_epochs
@@ -93,8 +95,9 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
             by = np.zeros_like(bx)
             for j, k in enumerate(idx):
                 m = random_affine(rng, (size, size))
-                bx[j, ..., 0] = photometric(rng, warp(xtr[k].astype(np.float32) / 255.0, m))
                 by[j, ..., 0] = warp(ytr[k].astype(np.float32), m) > 0.5
+                x = lung_opacities(rng, warp(xtr[k].astype(np.float32) / 255.0, m), by[j, ..., 0], opacity)
+                bx[j, ..., 0] = photometric(rng, film_look(rng, x, film))
             yield bx, by
 
     def evaluate(m):
@@ -105,7 +108,8 @@ def train_lungs(data: Path, out: Path, epochs: int = 20, batch: int = 8, size: i
                        custom_objects={"loss": bce_dice_loss, "bce_dice_loss": bce_dice_loss})
     atomic_write_text(out / "config.json", json.dumps({"size": size, "base": base, "stem": stem, "seed": seed,
                                                  "epochs": epochs, "batch": batch, "exclude_site": exclude_site,
-                                                 "lr": lr, "init": str(init) if init else None}, indent=1))
+                                                 "lr": lr, "init": str(init) if init else None,
+                                                 "opacity": opacity, "film_look": film}, indent=1))
     return state
 
 

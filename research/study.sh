@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The classifier study and the cross-site lung models, as run for the model cards (2-core CPU).
 # Every step is resumable: rerunning the script continues where it stopped.
-# Usage: research/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d|lane11e SEED|lane11f|lane12a|lane12b|lane12c|lane12d|lane13   (lane1 and lane2 side by side; then lane3 … lane8)
+# Usage: research/study.sh lane1|lane2|lane3|seeds|lane4|lane5|lane6|lane7|lane8a|lane8b|lane8c|lane8d SEED|lane8e|lane9a|lane9b|lane9c|lane9d|lane10a|lane10b|lane10c|lane10d|lane11a|lane11b|lane11c SEED|lane11d|lane11e SEED|lane11f|lane12a|lane12b|lane12c|lane12d|lane13|lane14|lane14b   (lane1 and lane2 side by side; then lane3 … lane8)
 # lane4's runs were trained on a GPU: KERAS_BACKEND=jax with jax[cuda] installed (the trainers are backend-neutral).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -282,6 +282,33 @@ lane13)  # issue 19 (5): the stride-2 lung model; rule in selection-rules.md (15
   done; done
   for p in foldtb_morepartsite_val foldtb_morepartsite_test partval; do  # paired AUC drop, old crops - new
     python research/lung_light.py paired "$R/cls/shipped_main_$p" "$R/cls/shipped_s2_$p"; done
+  ;;
+lane14)  # issues 20 + 19 (5), fourteenth round: three-site site-balanced classifier on the stride-2 crops (not shipped)
+  git show abe158d:tbedge/models/keras/lungs.keras > "$R/lungs_s2.keras"  # the stride-2 model gated on 2026-12-02
+  C="$R/crops/all_s2_224.npz"
+  [ -f "$C" ] || tbedge train crops --data "$D" --sets all --lungs "$R/lungs_s2.keras" --output "$C"
+  REC="--arch resnet_s --prep masked --lung-power 2 --nih-weight 0.3 --sets all --site-balance --data $C"
+  tbedge train classifier $REC --epochs 20 --seed 0 --select-without tb_more,covid --out "$R/cls/r14_main_s0"
+  tbedge evaluate classifier "$R/cls/r14_main_s0/best.keras" --data "$C" --sets all --part val --out "$R/cls/r14_main_s0/eval_val"
+  for r in tbm_s0:tb_more:0 tbm_s1:tb_more:1 tbm_s2:tb_more:2 mon_s0:montgomery:0 she_s0:shenzhen:0; do
+    IFS=: read -r n f s <<< "$r"
+    tbedge train classifier $REC --epochs 10 --seed "$s" --fold "$f" --out "$R/cls/r14_$n"
+    tbedge evaluate classifier "$R/cls/r14_$n/best.keras" --data "$C" --sets all --fold "$f" --part site_val --audit \
+      --out "$R/cls/r14_$n/eval_site_val"
+  done
+  python research/r14_rule.py  # reads runs/cls
+  # after the decision only: test parts, the same evaluations with --part test / site_test, and
+  # python research/cam_hit_keras.py "$R/cls/r14_main_s0/best.keras" "$C" test
+  ;;
+lane14b)  # issue 20 (3): the painted-opacity lung fine-tune of the shipped lung model (not adopted)
+  O="$R/lungs_ft1"
+  tbedge train lungs --data "$D" --init tbedge/models/keras/lungs.keras --opacity 0.5 --film-look 0.5 --epochs 6 \
+    --lr 5e-4 --seed 0 --out "$O"
+  tbedge evaluate lungs "$O/best.keras" --output "$O/report.json"
+  tbedge evaluate lungs tbedge/models/keras/lungs.keras --output "$O/report_base.json"
+  python -c "import sys; from tbedge.build.export import export_onnx; from tbedge.train.predict import load_keras
+export_onnx(load_keras(sys.argv[1]), sys.argv[2])" "$O/best.keras" "$O/new.onnx"
+  python research/lung_light.py qa "$O/qa.json" tbedge/models/fp32/lungs.onnx "$O/new.onnx"
   ;;
 *) sed -n 4p "$0" >&2; exit 2 ;;
 esac

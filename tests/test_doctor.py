@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import platform
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +36,36 @@ def test_probe_reads_this_process_cpu():
     assert info.cpu_class in CLASSES and info.machine
     if info.machine == "x86_64":
         assert info.features.get("SSE2")  # x86-64 baseline, seen through numpy's own CPUID probe
+
+
+def test_cpuid_is_read_directly_on_x86():
+    from tbedge.runtime import cpu
+
+    if platform.machine() != "x86_64":  # CPUID is an x86 instruction: elsewhere there is none to run
+        assert cpu._cpuid(0) is None
+        return
+    leaf0 = cpu._cpuid(0)
+    assert leaf0 is not None and leaf0[0] >= 1
+    vendor = struct.pack("<III", leaf0[1], leaf0[3], leaf0[2]).decode()
+    info = Path("/proc/cpuinfo").read_text()
+    assert f"vendor_id\t: {vendor}" in info  # natively, CPUID and the kernel agree
+    flags = cpu._proc_cpuinfo()[1]
+    assert cpu._cpuid_vnni_amx()["AVX_VNNI"] == ("avx_vnni" in flags)
+
+
+def test_host_cpuinfo_is_not_trusted_when_it_disagrees_with_cpuid(monkeypatch):
+    """Where CPUID cannot be run, /proc/cpuinfo names AVX-VNNI only if it is this process's CPU: under an
+    emulated AVX2 CPU on an AVX-512 host, the host's flags must not make the class VNNI."""
+    from tbedge.runtime import cpu
+
+    host = {"avx2", "avx512f", "avx512_vnni", "avx_vnni"}
+    monkeypatch.setattr(cpu, "_cpuid_vnni_amx", lambda: None)
+    monkeypatch.setattr(cpu, "_proc_cpuinfo", lambda: ("host", host))
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cpu, "_numpy_features", lambda: {"SSE2": True, "AVX2": True})  # what the emulator shows
+    assert cpu.probe().cpu_class == "x86-64-avx2"
+    monkeypatch.setattr(cpu, "_proc_cpuinfo", lambda: ("alder lake", {"avx2", "avx_vnni"}))  # no AVX-512: agrees
+    assert cpu.probe().cpu_class == "x86-64-vnni"
 
 
 def test_doctor_json_reports_host_bundles_and_speed():

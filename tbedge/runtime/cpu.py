@@ -4,11 +4,15 @@ ONNX Runtime picks its int8 kernels by CPUID at run time. On x86 without VNNI (A
 alone) its U8S8 kernels add pairs of uint8 x int8 products in a saturating 16-bit register, so a
 U8S8 model can drift far from fp32 there and nowhere else. Features are read through numpy's own
 CPUID probe (what the process really gets, also under an emulator, whose /proc/cpuinfo would show
-the host's flags); /proc/cpuinfo is read only for flags numpy does not name (AVX-VNNI, AMX).
+the host's flags). numpy names neither AVX-VNNI nor AMX: on x86-64 Linux they are read with the CPUID
+instruction itself (a few bytes of machine code run through ctypes); only where that cannot run is
+/proc/cpuinfo read for them, and then only if it agrees with numpy on AVX-512 (it is not the host's).
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,17 +78,57 @@ def _numpy_features() -> dict[str, bool]:
     return dict(feats)
 
 
+# cpuid(leaf, subleaf, out): push rbx; eax=leaf; ecx=subleaf; r8=out; cpuid; out[0..3]=eax,ebx,ecx,edx; pop rbx; ret
+_CPUID_CODE = bytes.fromhex("53 89f8 89f1 4989d0 0fa2 418900 41895804 41894808 4189500c 5b c3")
+
+
+def _cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int] | None:
+    """CPUID as this process executes it (an emulator answers for the CPU it emulates), or None where
+    machine code cannot be run here (not x86-64 Linux, or executable memory refused)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not hasattr(mmap, "PROT_EXEC"):
+        return None
+    try:
+        buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        buf.write(_CPUID_CODE)
+        out = (ctypes.c_uint32 * 4)()
+        anchor = ctypes.c_char.from_buffer(buf)
+        ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p)(ctypes.addressof(anchor))(
+            leaf, subleaf, ctypes.addressof(out))
+        del anchor  # the buffer cannot close while exported
+        return tuple(out)
+    finally:
+        buf.close()
+
+
+def _cpuid_vnni_amx() -> dict[str, bool] | None:
+    """AVX-VNNI (leaf 7.1 EAX bit 4) and AMX tiles + int8 (leaf 7.0 EDX bits 24, 25) from CPUID itself."""
+    top = _cpuid(0)
+    if top is None:
+        return None
+    if top[0] < 7:
+        return {"AVX_VNNI": False, "AMX": False}
+    edx7 = _cpuid(7, 0)[3]
+    eax71 = _cpuid(7, 1)[0]
+    return {"AVX_VNNI": bool(eax71 >> 4 & 1), "AMX": bool(edx7 >> 24 & 1 and edx7 >> 25 & 1)}
+
+
 def probe() -> CpuInfo:
     """This process's CPU: machine, model name and the features that decide the int8 kernels."""
     machine = platform.machine().lower()
     model, flags = _proc_cpuinfo()
     feats = {k: v for k, v in _numpy_features().items() if v}
-    # numpy names neither AVX-VNNI (Alder Lake and later) nor AMX; trust cpuinfo only for those, and
-    # only where numpy's own CPUID shows the AVX2 they build on (under an emulator cpuinfo is the host's).
+    # numpy names neither AVX-VNNI (Alder Lake and later) nor AMX. Both build on AVX2 (AMX on AVX-512 VNNI).
     if feats.get("AVX2"):
-        if "avx_vnni" in flags:
+        direct = _cpuid_vnni_amx()
+        if direct is None:  # cpuinfo instead, unless it disagrees with numpy's CPUID (an emulator's host)
+            ours = ("avx512f" in flags) == bool(feats.get("AVX512F"))
+            direct = {"AVX_VNNI": ours and "avx_vnni" in flags, "AMX": ours and {"amx_tile", "amx_int8"} <= flags}
+        if direct["AVX_VNNI"]:
             feats["AVX_VNNI"] = True
-        if {"amx_tile", "amx_int8"} <= flags and feats.get("AVX512VNNI"):
+        if direct["AMX"] and feats.get("AVX512VNNI"):
             feats["AMX"] = True
     if machine in ("aarch64", "arm64") and "asimddp" in flags:
         feats["ASIMDDP"] = True
